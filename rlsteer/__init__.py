@@ -1,7 +1,17 @@
-"""rlsteer: train, evaluate and dissect RL-trained steering vectors on frozen language models."""
+"""rlsteer: train, evaluate and dissect RL-trained steering vectors on frozen language models.
 
-from rlsteer.models import load_model
+Example:
+    >>> import torch, rlsteer
+    >>> model, tok = rlsteer.load_model("tiny-random-llama")
+    >>> vectors = rlsteer.SteeringVectors.for_model(model, layers=[3])
+    >>> with rlsteer.steer(model, vectors):
+    ...     logits = model(tok("1 + 1 =", return_tensors="pt").input_ids).logits
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+from rlsteer.architectures import architecture_of
+from rlsteer.models import load_model
+from rlsteer.steering import Entry, SteeringVectors, patch, steer
+
+__all__ = ["Entry", "SteeringVectors", "__version__", "architecture_of", "load_model", "patch", "steer"]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from rlsteer.errors import RlsteerError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -63,7 +65,7 @@ def supported_model_types() -> list[str]:
     return sorted(t for f in FAMILIES for t in f.model_types)
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(RlsteerError):
     pass
 
 

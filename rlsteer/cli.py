@@ -1,0 +1,97 @@
+"""The ``rlsteer`` command line: thin wrappers over the library functions.
+
+Every subcommand prints one ``rlsteer: error: …`` line and exits with status 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rlsteer.errors import RlsteerError
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from rlsteer.steering.sites import Entry
+    from rlsteer.steering.vectors import read_vector_file
+
+    tensors, header = read_vector_file(args.file)
+    rows = []
+    for name in sorted(tensors, key=lambda n: Entry.parse(n)):
+        t = tensors[name]
+        rows.append({"entry": name, "norm": float(t.norm()), "max_abs": float(t.abs().max())})
+    if args.json:
+        print(json.dumps({"file": str(args.file), "metadata": header, "entries": rows}, indent=2))
+        return 0
+    label = max([len(k) for k in header] + [8])
+    print(f"{'file':<{label}}  {args.file}")
+    for key in sorted(header):
+        print(f"{key:<{label}}  {header[key]}")
+    sites: dict[str, int] = {}
+    for row in rows:
+        site = str(row["entry"]).split(".")[0]
+        sites[site] = sites.get(site, 0) + 1
+    print(f"{'entries':<{label}}  {len(rows)} ({', '.join(f'{s} ×{n}' for s, n in sites.items())})")
+    width = max(len(str(r["entry"])) for r in rows)
+    print(f"\n{'entry':<{width}}  {'norm':>10}  {'max|x|':>10}")
+    for row in rows:
+        print(f"{row['entry']:<{width}}  {row['norm']:>10.4f}  {row['max_abs']:>10.4f}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rlsteer.architectures import FAMILIES
+    from rlsteer.models import DEFAULT_MODEL, aliases
+
+    print("built-in aliases (offline):")
+    for alias in aliases():
+        print(f"  {alias}{'  (default)' if alias == DEFAULT_MODEL else ''}")
+    print("supported architectures (HF hub ids, local folders and .gguf files of these families):")
+    for family in FAMILIES:
+        print(f"  {family.name:<8} model_type: {', '.join(family.model_types)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlsteer",
+        description="Train, evaluate and dissect RL-trained steering vectors on frozen language models "
+                    "(arXiv 2509.06608).",
+    )
+    from rlsteer import __version__
+
+    parser.add_argument("--version", action="version", version=f"rlsteer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a vector file's metadata, entries and norms")
+    p.add_argument("file", type=Path, help="a .safetensors file written by rlsteer")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("models", help="list the built-in model aliases and supported architectures")
+    p.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 0
+    try:
+        return run(args)
+    except RlsteerError as err:
+        print(f"rlsteer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlsteer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""``SteeringVectors``: a set of (site, layer[, head]) → fp32 vector entries, trainable and savable.
+
+Example:
+    >>> import torch
+    >>> from rlsteer.steering import SteeringVectors
+    >>> sv = SteeringVectors(64, layers=[2, 3])           # two zero resid_post vectors, trainable
+    >>> [e.name for e in sv.entries]
+    ['resid_post.2', 'resid_post.3']
+    >>> sv2 = SteeringVectors.from_dict({3: torch.ones(64)})
+    >>> float((sv + 2 * sv2).vector(("resid_post", 3))[0])
+    2.0
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlsteer.errors import RlsteerError
+from rlsteer.steering.constraints import orthonormal_basis, project_out
+from rlsteer.steering.sites import KV_HEAD_SITES, Entry, SiteError
+
+FORMAT = "rlsteer.steering_vectors/1"
+
+EntryLike = Entry | tuple[str, int] | tuple[str, int, int | None] | str
+
+
+class VectorFileError(RlsteerError):
+    """A vector file that cannot be read, or does not fit the model it is loaded for."""
+
+
+def as_entry(entry: EntryLike) -> Entry:
+    if isinstance(entry, Entry):
+        return entry
+    if isinstance(entry, str):
+        return Entry.parse(entry)
+    return Entry(*entry)
+
+
+def _key(entry: Entry) -> str:  # nn.ParameterDict keys may not contain "."
+    return entry.name.replace(".", "__")
+
+
+class SteeringVectors(nn.Module):
+    """Steering vectors: one fp32 parameter [d_model] per entry, zero-initialised.
+
+    Args:
+        d_model: the model width.
+        entries: (site, layer[, head]) entries; or use ``layers`` with one ``site`` for all of them.
+        layers: shorthand for ``[(site, l) for l in layers]``.
+        site: the site used with ``layers``.
+        scale: a global multiplier applied when the vectors are added.
+        trainable: whether the vectors require grad.
+        metadata: str → str pairs saved in the file header (model id, template, config hash, …).
+
+    The effective vector of an entry is ``scale · (I − BBᵀ) u`` where u is the parameter and B the
+    optional orthonormal basis set by :meth:`constrain_orthogonal` (identity when unconstrained).
+    """
+
+    def __init__(self, d_model: int, entries: Iterable[EntryLike] = (), *, layers: Iterable[int] = (),
+                 site: str = "resid_post", scale: float = 1.0, trainable: bool = True,
+                 metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        if d_model <= 0:
+            raise ValueError(f"d_model must be positive, got {d_model}")
+        self.d_model = int(d_model)
+        self.scale = float(scale)
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.params = nn.ParameterDict()
+        self._entries: dict[str, Entry] = {}
+        self._bases: dict[str, torch.Tensor] = {}
+        for entry in [*map(as_entry, entries), *(Entry(site, int(layer)) for layer in layers)]:
+            self.add(entry, trainable=trainable)
+
+    # ---------------------------------------------------------------------------------- construction
+
+    def add(self, entry: EntryLike, value: torch.Tensor | None = None, *, trainable: bool = True) -> Entry:
+        """Add an entry (zero unless ``value`` [d_model] is given); an existing entry is an error."""
+        entry = as_entry(entry)
+        key = _key(entry)
+        if key in self.params:
+            raise SiteError(f"entry {entry.name} is already in this set")
+        data = torch.zeros(self.d_model, dtype=torch.float32)
+        if value is not None:
+            value = torch.as_tensor(value).detach()
+            if value.shape != (self.d_model,):
+                raise VectorFileError(f"vector for {entry.name} has shape {tuple(value.shape)}; expected "
+                                      f"({self.d_model},)")
+            data = value.to(torch.float32).clone()
+        device = next(iter(self.params.values())).device if len(self.params) else None
+        self.params[key] = nn.Parameter(data.to(device) if device is not None else data,
+                                        requires_grad=trainable)
+        self._entries[key] = entry
+        return entry
+
+    @classmethod
+    def from_dict(cls, vectors: Mapping[int, torch.Tensor] | Mapping[EntryLike, torch.Tensor], *,
+                  site: str = "resid_post", trainable: bool = False, **kwargs: Any) -> SteeringVectors:
+        """Copy ``{layer: tensor}`` (meaning ``site`` at those layers) or ``{entry: tensor}`` into a set."""
+        if not vectors:
+            raise ValueError("from_dict needs at least one vector")
+        items = [(Entry(site, k) if isinstance(k, int) else as_entry(k), v) for k, v in vectors.items()]
+        d_model = int(torch.as_tensor(items[0][1]).shape[-1])
+        out = cls(d_model, **kwargs)
+        for entry, value in items:
+            out.add(entry, value, trainable=trainable)
+        return out
+
+    @classmethod
+    def for_model(cls, model: nn.Module, layers: Iterable[int] | str = "all", *, site: str = "resid_post",
+                  **kwargs: Any) -> SteeringVectors:
+        """Zero vectors sized for ``model`` at ``layers`` ("all" or a list), with its identity as metadata."""
+        from rlsteer.architectures import architecture_of
+        from rlsteer.models import model_identity
+
+        arch = architecture_of(model)
+        chosen = range(arch.n_layers) if layers == "all" else layers
+        metadata = {**model_identity(model), **kwargs.pop("metadata", {})}
+        out = cls(arch.d_model, layers=[int(x) for x in chosen], site=site, metadata=metadata, **kwargs)
+        return out.to(next(model.parameters()).device)
+
+    # ------------------------------------------------------------------------------------------ access
+
+    @property
+    def entries(self) -> list[Entry]:
+        return sorted(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, entry: object) -> bool:
+        try:
+            return _key(as_entry(entry)) in self.params  # type: ignore[arg-type]
+        except (SiteError, TypeError):
+            return False
+
+    def parameter(self, entry: EntryLike) -> nn.Parameter:
+        """The trained parameter u of an entry (before projection and scale)."""
+        entry = as_entry(entry)
+        try:
+            return self.params[_key(entry)]
+        except KeyError:
+            raise KeyError(f"no entry {entry.name}; entries: {[e.name for e in self.entries]}") from None
+
+    def vector(self, entry: EntryLike, *, scaled: bool = True) -> torch.Tensor:
+        """The effective vector [d_model] of an entry, differentiable w.r.t. its parameter."""
+        entry = as_entry(entry)
+        u = self.parameter(entry)
+        basis = self._bases.get(_key(entry))
+        s = u if basis is None else project_out(u, basis.to(u.device))
+        return s * self.scale if scaled and self.scale != 1.0 else s
+
+    def vectors(self, *, scaled: bool = True) -> dict[Entry, torch.Tensor]:
+        return {e: self.vector(e, scaled=scaled) for e in self.entries}
+
+    def set_trainable(self, entries: Iterable[EntryLike] | None = None) -> None:
+        """Make exactly ``entries`` trainable (all when None); the rest are frozen."""
+        chosen = None if entries is None else {_key(as_entry(e)) for e in entries}
+        for key, param in self.params.items():
+            param.requires_grad_(chosen is None or key in chosen)
+
+    def trainable_entries(self) -> list[Entry]:
+        return [self._entries[k] for k, p in self.params.items() if p.requires_grad]
+
+    def norms(self) -> dict[str, float]:
+        return {e.name: float(v.detach().norm()) for e, v in self.vectors().items()}
+
+    # ----------------------------------------------------------------------------------- constraints
+
+    def constrain_orthogonal(self, entry: EntryLike, against: torch.Tensor) -> None:
+        """Keep ``entry`` orthogonal to the rows of ``against`` [k, d]: s = (I − BBᵀ)u from now on."""
+        entry = as_entry(entry)
+        u = self.parameter(entry)
+        against = torch.as_tensor(against)
+        if against.shape[-1] != self.d_model:
+            raise VectorFileError(f"orthogonality targets have width {against.shape[-1]}, vectors {self.d_model}")
+        self._bases[_key(entry)] = orthonormal_basis(against).to(u.device)
+
+    def basis(self, entry: EntryLike) -> torch.Tensor | None:
+        return self._bases.get(_key(as_entry(entry)))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SteeringVectors:
+        """Follow ``.to(device)`` with the orthogonality bases, which stay fp32 whatever the dtype."""
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(())).device
+        self._bases = {k: b.to(device) for k, b in self._bases.items()}
+        return self
+
+    # -------------------------------------------------------------------------------------- algebra
+
+    def _combine(self, other: SteeringVectors, sign: float) -> SteeringVectors:
+        if not isinstance(other, SteeringVectors):
+            return NotImplemented
+        if other.d_model != self.d_model:
+            raise ValueError(f"cannot combine vectors of width {self.d_model} and {other.d_model}")
+        mine, theirs = self.vectors(), other.vectors()
+        out = SteeringVectors(self.d_model, metadata=self.metadata, trainable=False)
+        for entry in sorted(set(mine) | set(theirs)):
+            a = mine.get(entry)
+            b = theirs.get(entry)
+            value = (a.detach().cpu() if a is not None else 0) + sign * (b.detach().cpu() if b is not None else 0)
+            out.add(entry, torch.as_tensor(value), trainable=False)
+        return out
+
+    def __add__(self, other: SteeringVectors) -> SteeringVectors:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVectors) -> SteeringVectors:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, factor: float) -> SteeringVectors:
+        if not isinstance(factor, (int, float)):
+            return NotImplemented
+        out = SteeringVectors(self.d_model, metadata=self.metadata, trainable=False)
+        for entry, v in self.vectors().items():
+            out.add(entry, v.detach().cpu() * float(factor), trainable=False)
+        return out
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVectors:
+        return self * -1.0
+
+    def __repr__(self) -> str:
+        names = ", ".join(e.name for e in self.entries[:6]) + (", …" if len(self) > 6 else "")
+        return f"SteeringVectors(d_model={self.d_model}, n={len(self)}, scale={self.scale}, entries=[{names}])"
+
+    # -------------------------------------------------------------------------------------- validation
+
+    def validate(self, model: nn.Module) -> None:
+        """Raise :class:`VectorFileError` unless every entry fits ``model`` (width, layer and head indices)."""
+        from rlsteer.architectures import architecture_of
+
+        check_entries_fit(architecture_of(model), self.d_model, self.entries, self.metadata)
+
+    # ----------------------------------------------------------------------------------------- files
+
+    def save(self, path: str | os.PathLike[str], **metadata: str) -> Path:
+        """Write a safetensors file: fp32 tensor ``{site}.{layer}[.{head}]`` per entry, metadata in the header.
+
+        The projected (constrained) vectors are saved, without the global scale, which goes to the header.
+        The file appears atomically (temp file + rename).
+        """
+        from safetensors.torch import save_file
+
+        import rlsteer
+
+        path = Path(path)
+        header = {**self.metadata, **{k: str(v) for k, v in metadata.items()}}
+        header.update(format=FORMAT, rlsteer_version=rlsteer.__version__, d_model=str(self.d_model),
+                      scale=repr(self.scale))
+        tensors = {e.name: v.detach().to("cpu", torch.float32).contiguous()
+                   for e, v in self.vectors(scaled=False).items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, *,
+             trainable: bool = False) -> SteeringVectors:
+        """Read a vector file (never pickle); with ``model``, check that it fits and move it to its device."""
+        tensors, header = read_vector_file(path)
+        d_model = int(header["d_model"])
+        out = cls(d_model, scale=float(header.get("scale", "1.0")), metadata=_user_metadata(header))
+        for name, value in sorted(tensors.items()):
+            out.add(Entry.parse(name), value, trainable=trainable)
+        if model is not None:
+            out.validate(model)
+            out = out.to(next(model.parameters()).device)
+        return out
+
+
+_RESERVED = ("format", "rlsteer_version", "d_model", "scale")
+
+
+def _user_metadata(header: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in header.items() if k not in _RESERVED}
+
+
+def read_vector_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of a vector file, validated; every failure is one :class:`VectorFileError` line."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise VectorFileError(f"vector file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as err:  # safetensors raises several types for bad headers and truncated data
+        raise VectorFileError(f"{path} is not a readable safetensors vector file ({_one_line(err)}); "
+                              "rlsteer reads only safetensors files written by SteeringVectors.save "
+                              "or `rlsteer export`") from None
+    if not tensors:
+        raise VectorFileError(f"{path} holds no vectors")
+    widths = {t.shape[-1] for t in tensors.values()}
+    if "d_model" not in header:
+        if len(widths) != 1:
+            raise VectorFileError(f"{path} has vectors of different widths {sorted(widths)}")
+        header["d_model"] = str(widths.pop())
+    d_model = int(header["d_model"])
+    for name, t in tensors.items():
+        try:
+            Entry.parse(name)
+        except SiteError as err:
+            raise VectorFileError(f"{path}: tensor {name!r} is not a steering entry ({err})") from None
+        if t.ndim != 1 or t.shape[0] != d_model:
+            raise VectorFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected ({d_model},)")
+        if not t.is_floating_point():
+            raise VectorFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(t).all()):
+            raise VectorFileError(f"{path}: tensor {name} contains NaN or inf")
+    scale = header.get("scale", "1.0")
+    try:
+        if not math.isfinite(float(scale)):
+            raise ValueError
+    except ValueError:
+        raise VectorFileError(f"{path}: header scale {scale!r} is not a finite number") from None
+    return {k: v.to(torch.float32) for k, v in tensors.items()}, header
+
+
+def check_entries_fit(arch: Any, d_model: int, entries: Iterable[Entry], metadata: Mapping[str, str]) -> None:
+    """Raise :class:`VectorFileError` if the entries do not fit the architecture ``arch``."""
+    made_for = metadata.get("model") or "another model"
+    if d_model != arch.d_model:
+        raise VectorFileError(f"these vectors have width {d_model} (made for {made_for}) but the model has "
+                              f"d_model={arch.d_model}; load vectors trained for this model")
+    for entry in entries:
+        if entry.layer >= arch.n_layers:
+            raise VectorFileError(f"entry {entry.name}: layer {entry.layer} is out of range, the model has "
+                                  f"{arch.n_layers} layers (0..{arch.n_layers - 1}); made for {made_for}")
+        if entry.head is not None:
+            kv = entry.site in KV_HEAD_SITES
+            limit = arch.n_kv_heads if kv else arch.n_heads
+            if entry.head >= limit:
+                kind = "KV heads" if kv else "query heads"
+                raise VectorFileError(f"entry {entry.name}: head {entry.head} is out of range, the model has "
+                                      f"{limit} {kind} (0..{limit - 1})")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
