@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -179,8 +180,8 @@ def architecture_of(model: nn.Module) -> Architecture:
     )
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    module = root
+def _get(root: nn.Module, path: str) -> Any:
+    module: Any = root
     for part in path.split("."):
         module = getattr(module, part)
     return module

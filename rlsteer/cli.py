@@ -55,6 +55,13 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from rlsteer.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(model=args.model, out_dir=args.out, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlsteer",
@@ -70,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="a .safetensors file written by rlsteer")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("demo", help="the newcomer's first run: steer the built-in model on CPU, offline")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.set_defaults(run=_demo)
 
     p = sub.add_parser("models", help="list the built-in model aliases and supported architectures")
     p.set_defaults(run=_models)

@@ -111,9 +111,10 @@ def load_model(
                 "or a hub id of the form owner/name"
             )
         source = text
-    model.config.rlsteer_source = source
+    config: Any = model.config
+    config.rlsteer_source = source
     if revision is not None:
-        model.config.rlsteer_revision = revision
+        config.rlsteer_revision = revision
     model = model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)

@@ -127,7 +127,7 @@ def steer(model: nn.Module, vectors: SteeringVectors | Mapping[int, torch.Tensor
 def _getters(vectors: Any, arch: Architecture) -> dict[Entry, Callable[[], torch.Tensor]]:
     if isinstance(vectors, SteeringVectors):
         check_entries_fit(arch, vectors.d_model, vectors.entries, vectors.metadata)
-        return {e: (lambda e=e: vectors.vector(e)) for e in vectors.entries}
+        return {e: _vector_getter(vectors, e) for e in vectors.entries}
     if not isinstance(vectors, Mapping):
         raise TypeError(f"steer() takes SteeringVectors or a dict of tensors, not {type(vectors).__name__}")
     getters: dict[Entry, Callable[[], torch.Tensor]] = {}
@@ -135,11 +135,19 @@ def _getters(vectors: Any, arch: Architecture) -> dict[Entry, Callable[[], torch
         entry = Entry("resid_post", key) if isinstance(key, int) else as_entry(key)
         if not isinstance(tensor, torch.Tensor) or tensor.ndim != 1:
             raise VectorFileError(f"vector for {entry.name} must be a 1-D tensor [d_model]")
-        getters[entry] = lambda t=tensor: t
+        getters[entry] = _constant(tensor)
     widths = {t().shape[0] for t in getters.values()}
     for width in widths:
         check_entries_fit(arch, width, list(getters), {})
     return getters
+
+
+def _vector_getter(vectors: SteeringVectors, entry: Entry) -> Callable[[], torch.Tensor]:
+    return lambda: vectors.vector(entry)
+
+
+def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor
 
 
 def _check_layer_plan(layer: int, entries: list[Entry]) -> None:

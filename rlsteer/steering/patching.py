@@ -175,7 +175,7 @@ def _splice_projection(arch: Architecture, layer: int, stream: str, heads: tuple
         out = output.clone()  # [batch, pos, out_features]
         for cols in columns:
             bias = None if module.bias is None else module.bias[cols]
-            out[..., cols] = F.linear(state.u_steered, module.weight[cols], bias)
+            out[..., cols] = F.linear(_ready(state.u_steered), module.weight[cols], bias)
         return out
 
     return proj.module.register_forward_hook(hook)
@@ -188,7 +188,7 @@ def _splice_heads(arch: Architecture, layer: int, site: str, heads: tuple[int, .
     def run_steered_branch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         cache = state.branch_cache(kwargs.get("past_key_values"), layer)
         branch_args, branch_kwargs = with_hidden_input(args, {**kwargs, "past_key_values": cache},
-                                                       state.u_steered)
+                                                       _ready(state.u_steered))
         state.capturing = True
         try:
             module.forward(*branch_args, **branch_kwargs)  # .forward: the attention's own hooks stay out
@@ -200,7 +200,7 @@ def _splice_heads(arch: Architecture, layer: int, site: str, heads: tuple[int, .
         if state.capturing:
             state.steered_heads = heads_out
             return None
-        steered = state.steered_heads
+        steered = _ready(state.steered_heads)
         base, donor = (heads_out, steered) if site == "steer_head" else (steered, heads_out)
         out = base.clone()
         for cols in columns:
@@ -209,6 +209,12 @@ def _splice_heads(arch: Architecture, layer: int, site: str, heads: tuple[int, .
 
     return [arch.attn(layer).register_forward_pre_hook(run_steered_branch, with_kwargs=True),
             arch.o_proj(layer).register_forward_pre_hook(on_o_proj_input)]
+
+
+def _ready(tensor: torch.Tensor | None) -> torch.Tensor:
+    if tensor is None:  # a hook ran outside the block's forward pass
+        raise PatchError("patched attention ran outside its decoder layer's forward pass")
+    return tensor
 
 
 def _check_heads(arch: Architecture, site: str, heads: tuple[int, ...]) -> None:
