@@ -1,0 +1,120 @@
+"""The transformers rollout backend: batched, left-padded decoding with a KV cache and steering active.
+
+It is the reference for correctness (DESIGN §4): an explicit decode loop, so that every request has its
+own seed and stop tokens, returns the sampled tokens' log-probs, and works with any steering site or patch.
+
+Example:
+    >>> from rlsteer import load_model
+    >>> model, tok = load_model("tiny-random-llama")
+    >>> backend = HFBackend(model, tok, batch_size=8, progress=False)
+    >>> req = Request(tuple(tok.encode("1 + 1 =")), stop_ids=(tok.eos_token_id,), seed=0)
+    >>> [r.finish_reason for r in backend.generate([req], None, SamplingParams(max_new_tokens=4))]
+    ['length']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlsteer.rollout.base import Request, Rollout, SamplingParams
+from rlsteer.rollout.sampling import next_tokens
+from rlsteer.steering.hooks import steer
+
+
+class HFBackend:
+    """Sample completions with a transformers model.
+
+    Args:
+        model: a frozen ``*ForCausalLM`` (from :func:`rlsteer.load_model`).
+        tokenizer: its tokenizer (for the pad id and decoding).
+        batch_size: rows decoded together; bounds memory (requests are processed in chunks of this size,
+            longest prompts first to limit padding).
+        progress: show a progress bar over requests.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, progress: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, requests: Sequence[Request], vectors: object | None,
+                 sampling: SamplingParams) -> list[Rollout]:
+        """Sample one completion per request, in request order, with ``vectors`` steering the model."""
+        order = sorted(range(len(requests)), key=lambda i: -requests[i].prompt_len)
+        results: dict[int, Rollout] = {}
+        bar = tqdm(total=len(requests), desc="generate", unit="seq", disable=not self.progress, leave=False)
+        context = steer(self.model, vectors) if vectors is not None else nullcontext()  # type: ignore[arg-type]
+        with context, torch.no_grad(), bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                for i, rollout in zip(chunk, self._generate_chunk([requests[i] for i in chunk], sampling), strict=True):
+                    results[i] = rollout
+                bar.update(len(chunk))
+        return [results[i] for i in range(len(requests))]
+
+    def _generate_chunk(self, requests: list[Request], sampling: SamplingParams) -> list[Rollout]:
+        device = self.device
+        rows = len(requests)
+        width = max(r.prompt_len for r in requests)
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)  # [rows, prompt]
+        mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+        for i, r in enumerate(requests):
+            ids[i, width - r.prompt_len:] = torch.tensor(r.prompt_ids, device=device)
+            mask[i, width - r.prompt_len:] = 1
+        budgets = [sampling.budget(r.prompt_len) for r in requests]
+        stops = [set(r.stop_ids) for r in requests]
+        generators = [torch.Generator(device=device).manual_seed(r.seed) for r in requests]
+        tokens: list[list[int]] = [[] for _ in requests]
+        logprobs: list[list[float]] = [[] for _ in requests]
+        done = [b == 0 for b in budgets]
+        stopped = [False] * rows
+
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = _new_cache(self.model)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True)
+        while not all(done):
+            step_tokens, step_logprobs = next_tokens(out.logits[:, -1], sampling, generators)
+            for i in range(rows):
+                if done[i]:
+                    continue
+                token = int(step_tokens[i])
+                tokens[i].append(token)
+                logprobs[i].append(float(step_logprobs[i]))
+                stopped[i] = token in stops[i]
+                done[i] = stopped[i] or len(tokens[i]) >= budgets[i]
+            if all(done):
+                break
+            feed = torch.where(torch.tensor(done, device=device), self.pad_id, step_tokens)[:, None]  # [rows, 1]
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True)
+        return [
+            Rollout(request=r, token_ids=tuple(tokens[i]),
+                    text=self.tokenizer.decode(tokens[i], skip_special_tokens=False),
+                    finish_reason="stop" if stopped[i] else "length",
+                    logprobs=tuple(logprobs[i]) if sampling.logprobs else None)
+            for i, r in enumerate(requests)
+        ]
+
+
+def _new_cache(model: nn.Module) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
