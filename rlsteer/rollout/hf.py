@@ -114,7 +114,8 @@ class HFBackend:
 def _new_cache(model: nn.Module) -> Any:
     from transformers import DynamicCache
 
+    config: Any = model.config
     try:
-        return DynamicCache(config=model.config)
+        return DynamicCache(config=config)
     except TypeError:  # older transformers
         return DynamicCache()
