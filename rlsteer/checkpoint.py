@@ -1,0 +1,141 @@
+"""Training checkpoints without pickle: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint ``checkpoints/step-N/`` holds
+
+* ``state.safetensors``: the trained parameters u (before projection and scale), the orthogonality bases,
+  the optimizer's tensors (Adam moments and step counts) and the torch RNG state;
+* ``state.json``: the step, the optimizer's param groups and any extra JSON the trainer adds.
+
+The folder is written under a temporary name and renamed into place, so a crash leaves either the whole
+checkpoint or none of it. Resuming restores a bit-identical trainer state.
+
+Example:
+    >>> import tempfile, torch
+    >>> from rlsteer.steering import SteeringVectors
+    >>> sv = SteeringVectors(4, layers=[0])
+    >>> opt = torch.optim.Adam(sv.parameters(), lr=0.1)
+    >>> root = Path(tempfile.mkdtemp())
+    >>> path = save_checkpoint(root, 3, sv, opt, {"note": "x"})
+    >>> path.name, latest_checkpoint(root) == path
+    ('step-3', True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlsteer.errors import RlsteerError
+from rlsteer.steering.vectors import SteeringVectors, _key
+
+
+class CheckpointError(RlsteerError):
+    pass
+
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``root/step-{step}`` atomically and return its path."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"step-{step}"
+    tensors: dict[str, torch.Tensor] = {}
+    for entry in vectors.entries:
+        tensors[f"param.{entry.name}"] = vectors.parameter(entry).detach().cpu().contiguous()
+        basis = vectors.basis(entry)
+        if basis is not None:
+            tensors[f"basis.{entry.name}"] = basis.detach().cpu().contiguous()
+    names = {id(p): e.name for e, p in ((e, vectors.parameter(e)) for e in vectors.entries)}
+    state = optimizer.state_dict()
+    index_to_name = {}
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        for param, index in zip(group["params"], saved["params"], strict=True):
+            index_to_name[index] = names[id(param)]
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"optim.{index_to_name[index]}.{key}"] = tensor.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": [index_to_name[i] for i in g["params"]]}
+              for g in state["param_groups"]]
+    meta = {"step": step, "entries": [e.name for e in vectors.entries], "scale": vectors.scale,
+            "d_model": vectors.d_model, "param_groups": groups, "extra": extra or {}}
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    try:
+        save_file(tensors, str(staging / "state.safetensors"))
+        (staging / "state.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to a checkpoint")
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The highest complete ``step-N`` folder under ``root`` (temporary folders are ignored)."""
+    if not root.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP.match(p.name)) and (p / "state.json").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore ``vectors`` (parameters and bases) and ``optimizer`` from ``path``; returns the JSON metadata.
+
+    ``vectors`` and ``optimizer`` must have been built exactly as for the run that wrote the checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "state.safetensors"))
+    except Exception as err:  # OSError, JSON errors and safetensors' own error type
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(err).splitlines()[0]}); delete it to "
+                              "resume from the previous one") from None
+    if meta["entries"] != [e.name for e in vectors.entries]:
+        raise CheckpointError(f"checkpoint {path} holds entries {meta['entries']} but this run trains "
+                              f"{[e.name for e in vectors.entries]}; resume with the run's own config")
+    with torch.no_grad():
+        for entry in vectors.entries:
+            param = vectors.parameter(entry)
+            param.copy_(tensors[f"param.{entry.name}"].to(param.device))
+            basis = tensors.get(f"basis.{entry.name}")
+            if basis is not None:
+                vectors._bases[_key(entry)] = basis.to(param.device)
+    name_to_index = {}
+    params = {e.name: vectors.parameter(e) for e in vectors.entries}
+    index = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            name_to_index[next(n for n, p in params.items() if p is param)] = index
+            index += 1
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("optim."):
+            name, _, field = key[len("optim."):].rpartition(".")
+            state.setdefault(name_to_index[name], {})[field] = tensor
+    groups = [{**g, "params": [name_to_index[n] for n in g["params"]]} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
