@@ -28,6 +28,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -133,7 +134,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of the allowed types")
+        reasons = "; or ".join(e.removeprefix(f"{where}: ") for e in errors)
+        raise ConfigError(f"{where}: {reasons}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -186,3 +188,152 @@ def dump_yaml(cfg: Any) -> str:
 def config_hash(cfg: Any) -> str:
     """A short, stable hash of a resolved config (sorted JSON, sha256, 12 hex digits)."""
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------ train config
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The frozen model: an alias, hub id, folder or .gguf file (see :func:`rlsteer.load_model`)."""
+
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class SteeringSection:
+    """What is trained.
+
+    Attributes:
+        layers: "all" or a list of 0-based layers (``[k]`` is a single-layer run).
+        sites: sites trained at each of those layers (``resid_post`` is the paper's default).
+        head: head index for per-head sites (steer_q/k/v, steer_head, skip_head).
+        orthogonal_to: vector files; each trained entry is kept orthogonal to the same entry in all of them.
+        init: a vector file to start from instead of zeros.
+        lr_per_layer: per-layer learning rates (layer → lr) overriding ``optim.lr``.
+    """
+
+    layers: Literal["all"] | tuple[int, ...] = "all"
+    sites: tuple[str, ...] = ("resid_post",)
+    head: int | None = None
+    orthogonal_to: tuple[str, ...] = ()
+    init: str | None = None
+    lr_per_layer: dict[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Training problems and how they become prompts.
+
+    Attributes:
+        dataset: a registry name (``math_train``, ``gsm8k_train``, ``deepscaler``, ``synthetic-addition`` …),
+            an HF dataset id, or a local JSONL/Parquet file or folder.
+        data_dir: where registry names are looked up as ``<name>.jsonl`` (also ``$RLSTEER_DATA_DIR``).
+        limit: use at most this many problems.
+        shuffle_seed: the order of problems (one epoch is a fixed permutation per seed).
+        template: ``qwen-math``, ``r1``, ``chat`` or ``plain``.
+        prefix: text appended right after the generation prompt (the paper's "To"/"Step").
+    """
+
+    dataset: str = "math_train"
+    data_dir: str | None = None
+    limit: int | None = None
+    shuffle_seed: int = 0
+    template: str = "qwen-math"
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutSection:
+    """Sampling during training (paper: T = 1, top_p = 1, 4096 total tokens for Qwen-Math)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 4096
+    max_total_tokens: int | None = 4096
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_enforce_eager: bool = False
+
+
+@dataclass(frozen=True)
+class RewardSection:
+    """Math-Verify reward (±1 by default; ``zero_one`` for 0/1).
+
+    Attributes:
+        extraction: ``boxed`` (the last \\boxed{} / <answer>, the paper) or ``any`` (Math-Verify's own
+            extraction over the whole completion, for models that never box their answers).
+        mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
+        timeout_s: hard per-answer verification timeout (the worker is killed past it).
+        workers: verification processes.
+    """
+
+    values: Literal["pm1", "zero_one"] = "pm1"
+    extraction: Literal["boxed", "any"] = "boxed"
+    mask_truncated: bool = False
+    timeout_s: float = 5.0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """Adam without weight decay, linear warmup then constant, global grad-norm clip (the authors')."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    max_grad_norm: float = 2.0
+
+
+@dataclass(frozen=True)
+class RLSection:
+    """RLOO: B prompts × N samples per step, one optimizer step per round."""
+
+    steps: int = 314
+    prompts_per_step: int = 128
+    samples_per_prompt: int = 16
+    baseline: Literal["loo", "mean", "group_std"] = "loo"
+    micro_batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Where the run lives and how it reports.
+
+    Attributes:
+        dir: the run directory (``{name}`` is replaced by ``name``).
+        checkpoint_every: write ``checkpoints/step-N`` every this many steps (and at the end).
+        logger: ``none``, ``tensorboard`` or ``wandb`` (extras; metrics.jsonl is always written).
+    """
+
+    name: str = "run"
+    dir: str = "runs/{name}"
+    checkpoint_every: int = 50
+    logger: Literal["none", "tensorboard", "wandb"] = "none"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir.format(name=self.name))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``rlsteer train`` needs; YAML sections mirror the attributes."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    steering: SteeringSection = field(default_factory=SteeringSection)
+    data: DataSection = field(default_factory=DataSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    rl: RLSection = field(default_factory=RLSection)
+    run: RunSection = field(default_factory=RunSection)
