@@ -1,0 +1,291 @@
+"""Math problems: one registry of evaluation and training sets, local files, and synthetic tasks.
+
+A dataset spec is one of
+
+* a registry name (:data:`REGISTRY`): read from ``<data_dir>/<file>`` when that file exists (``data_dir``
+  argument, else ``$RLSTEER_DATA_DIR``), else downloaded by HF id with the field mapping of
+  reference-semantics §3 (needs ``pip install 'rlsteer[hub]'``);
+* a local ``.jsonl`` / ``.parquet`` file, or a folder of them, with ``problem`` and ``answer`` fields
+  (``id`` optional; ``question`` is accepted for ``problem``);
+* ``synthetic-arithmetic[:key=value,…]``: arithmetic word problems with integer answers, deterministic by
+  seed (keys: n, operands, digits, ops, seed, style) — for CPU demos and tests.
+
+Rows without a problem or an answer are errors reported with file and line, never dropped silently.
+
+Example:
+    >>> problems = load_problems("synthetic-arithmetic:n=3,digits=1,seed=4")
+    >>> len(problems), problems[0].source
+    (3, 'synthetic-arithmetic')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlsteer.errors import RlsteerError
+
+
+class DataError(RlsteerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: ``answer`` is the gold final answer, the text that goes inside ``\\boxed{}``."""
+
+    id: str
+    problem: str
+    answer: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: where a named set lives locally and on the hub, and how its fields map."""
+
+    name: str
+    file: str
+    hf_id: str
+    split: str
+    configs: tuple[str | None, ...] = (None,)
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    answer_from: str = "field"  # "field" | "last_boxed_of_solution" | "gsm8k"
+    kind: str = "eval"
+
+
+REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("aime24", "aime24.jsonl", "Maxwell-Jia/AIME_2024", "train", problem_field="Problem",
+                answer_field="Answer"),
+    DatasetSpec("aime25", "aime25.jsonl", "opencompass/AIME2025", "test", configs=("AIME2025-I", "AIME2025-II"),
+                problem_field="question"),
+    DatasetSpec("amc23", "amc23.jsonl", "knoveleng/AMC-23", "train"),
+    DatasetSpec("math500", "math500.jsonl", "HuggingFaceH4/MATH-500", "test"),
+    DatasetSpec("minerva_math", "minerva_math.jsonl", "knoveleng/Minerva-Math", "train",
+                answer_from="last_boxed_of_solution"),
+    DatasetSpec("olympiadbench", "olympiadbench.jsonl", "knoveleng/OlympiadBench", "train",
+                problem_field="question"),
+    DatasetSpec("gsm8k", "gsm8k_test.jsonl", "openai/gsm8k", "test", configs=("main",), problem_field="question",
+                answer_from="gsm8k"),
+    DatasetSpec("deepscaler", "deepscaler_train.jsonl", "agentica-org/DeepScaleR-Preview-Dataset", "train",
+                kind="train"),
+    DatasetSpec("open_s1", "open_s1_train.jsonl", "knoveleng/open-s1", "train", kind="train"),
+    DatasetSpec("math_train", "math_train.jsonl", "DigitalLearningGmbH/MATH-lighteval", "train",
+                answer_from="last_boxed_of_solution", kind="train"),
+    DatasetSpec("gsm8k_train", "gsm8k_train.jsonl", "openai/gsm8k", "train", configs=("main",),
+                problem_field="question", answer_from="gsm8k", kind="train"),
+)}
+
+EVAL_SETS = tuple(n for n, s in REGISTRY.items() if s.kind == "eval")
+TRAIN_SETS = tuple(n for n, s in REGISTRY.items() if s.kind == "train")
+
+
+def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None,
+                  shuffle_seed: int | None = None) -> list[Problem]:
+    """Load a dataset spec (see the module docstring); optionally shuffled by seed, then cut to ``limit``."""
+    if spec.startswith("synthetic-arithmetic"):
+        problems = synthetic_arithmetic(**_synthetic_options(spec))
+    elif spec in REGISTRY:
+        problems = _load_registered(REGISTRY[spec], data_dir)
+    elif Path(spec).expanduser().exists():
+        problems = read_problems(Path(spec).expanduser())
+    elif _looks_like_hub_id(spec):
+        problems = _from_hub(DatasetSpec(spec, "", spec, "train"))
+    else:
+        raise DataError(f"unknown dataset {spec!r}: not a registry name ({', '.join(REGISTRY)}), an existing "
+                        "file or folder, synthetic-arithmetic, or an HF dataset id owner/name")
+    if shuffle_seed is not None:
+        problems = list(problems)
+        random.Random(shuffle_seed).shuffle(problems)
+    if limit is not None:
+        problems = problems[:limit]
+    if not problems:
+        raise DataError(f"dataset {spec!r} has no problems" + (f" after limit={limit}" if limit is not None else ""))
+    return problems
+
+
+def _load_registered(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[Problem]:
+    root = data_dir if data_dir is not None else os.environ.get("RLSTEER_DATA_DIR")
+    if root is not None and (Path(root) / spec.file).is_file():
+        return read_problems(Path(root) / spec.file, source=spec.name)
+    return _from_hub(spec)
+
+
+def read_problems(path: Path, *, source: str | None = None) -> list[Problem]:
+    """Problems from a JSONL or Parquet file, or every such file of a folder (sorted by name)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+        if not files:
+            raise DataError(f"folder {path} holds no .jsonl or .parquet files")
+        return [p for f in files for p in read_problems(f, source=source)]
+    if path.suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+    elif path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
+    return _to_problems(rows, path, source or path.stem)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object per line")
+            yield line_no, row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow (or use JSONL)") from None
+    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+
+
+def _to_problems(rows: Iterable[tuple[int, dict[str, Any]]], origin: Path | str, source: str) -> list[Problem]:
+    problems, bad = [], []
+    for line_no, row in rows:
+        problem = row.get("problem", row.get("question"))
+        answer = _answer_text(row.get("answer"))
+        missing = [name for name, value in (("problem", problem), ("answer", answer))
+                   if value is None or not str(value).strip()]
+        if missing:
+            bad.append(f"{origin}:{line_no} (no {' and no '.join(missing)})")
+            continue
+        meta = {k: v for k, v in row.items() if k not in ("id", "problem", "question", "answer", "source")}
+        problems.append(Problem(str(row.get("id", line_no - 1)), str(problem), str(answer),
+                                str(row.get("source", source)), meta))
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} rows without a problem or an answer: {shown}; fix or remove them")
+    return problems
+
+
+def _answer_text(answer: Any) -> str | None:
+    """Answers as strings: ``27.0`` → ``"27"``; a boxed answer is unboxed (reference-semantics §3)."""
+    from rlsteer.rewards import last_boxed
+
+    if answer is None:
+        return None
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    text = str(answer)
+    if "boxed" in text:
+        text = last_boxed(text) or text
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ hub
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+def _from_hub(spec: DatasetSpec) -> list[Problem]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec.name!r} is not in the data directory and downloading it needs the datasets "
+                        "library: pip install 'rlsteer[hub]', or point RLSTEER_DATA_DIR / --data at local "
+                        "files") from None
+    rows: list[dict[str, Any]] = []
+    try:
+        for config in spec.configs:
+            rows += list(datasets.load_dataset(spec.hf_id, config, split=spec.split))
+    except Exception as err:  # network, auth, missing split: one line with the cause
+        raise DataError(f"cannot load {spec.hf_id} from the hub: {str(err).splitlines()[0]}") from None
+    mapped = []
+    for i, row in enumerate(rows):
+        mapped.append((i + 1, {"id": str(row.get("unique_id", row.get("id", i))),
+                               "problem": row.get(spec.problem_field), "answer": _hub_answer(spec, row)}))
+    return _to_problems(mapped, spec.hf_id, spec.name)
+
+
+def _hub_answer(spec: DatasetSpec, row: dict[str, Any]) -> Any:
+    from rlsteer.rewards import last_boxed
+
+    if spec.answer_from == "last_boxed_of_solution":
+        return last_boxed(str(row.get("solution", "")))
+    if spec.answer_from == "gsm8k":
+        return str(row.get("answer", "")).split("####")[-1].strip().replace(",", "")
+    answer = row.get(spec.answer_field)
+    if isinstance(answer, list):  # OlympiadBench keeps a list of final answers
+        answer = answer[0] if answer else None
+    return answer
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+
+
+_WORDS = {
+    "+": "{name} has {a} {thing}s and gets {b} more. How many {thing}s does {name} have now?",
+    "-": "{name} has {a} {thing}s and gives away {b}. How many {thing}s does {name} have left?",
+    "*": "{name} buys {a} boxes with {b} {thing}s in each box. How many {thing}s does {name} buy?",
+}
+_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana")
+_THINGS = ("apple", "marble", "pencil", "sticker", "coin", "book")
+
+
+def synthetic_arithmetic(n: int = 256, operands: int = 2, digits: int = 2, ops: str = "+", seed: int = 0,
+                         style: str = "word") -> list[Problem]:
+    """Arithmetic problems with integer answers.
+
+    Args:
+        n: number of problems.
+        operands: numbers per problem (word style supports 2; expression style any ≥ 2).
+        digits: digits per number (difficulty).
+        ops: operators to draw from, a subset of "+-*".
+        seed: the same seed gives the same problems.
+        style: "word" (a one-sentence story) or "expression" ("What is 12 + 7 - 3?").
+    """
+    if n < 1 or operands < 2 or digits < 1 or not ops or set(ops) - set("+-*"):
+        raise DataError("synthetic-arithmetic needs n >= 1, operands >= 2, digits >= 1 and ops drawn from '+-*'")
+    if style == "word" and operands != 2:
+        raise DataError("style=word supports operands=2; use style=expression for more operands")
+    if style not in ("word", "expression"):
+        raise DataError(f"unknown synthetic style {style!r}; use word or expression")
+    rng = random.Random(seed)
+    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
+    problems = []
+    for i in range(n):
+        nums = [rng.randint(low, high) for _ in range(operands)]
+        chosen = [rng.choice(ops) for _ in range(operands - 1)]
+        if style == "word":
+            a, b = sorted(nums, reverse=True) if chosen[0] == "-" else nums
+            text = _WORDS[chosen[0]].format(name=rng.choice(_NAMES), thing=rng.choice(_THINGS), a=a, b=b)
+            value = eval(f"{a}{chosen[0]}{b}")  # noqa: S307 - digits and operators we generated
+        else:
+            expr = " ".join(str(x) for pair in zip(nums, [*chosen, ""], strict=True) for x in pair).strip()
+            text = f"What is {expr}?"
+            value = eval(expr)  # noqa: S307
+        problems.append(Problem(f"synthetic-{seed}-{i}", text, str(value), "synthetic-arithmetic",
+                                {"ops": "".join(chosen), "digits": digits}))
+    return problems
+
+
+def _synthetic_options(spec: str) -> dict[str, Any]:
+    _, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("n", "operands", "digits", "ops", "seed", "style"):
+            raise DataError(f"bad synthetic option {item!r}; use n, operands, digits, ops, seed or style, "
+                            "e.g. synthetic-arithmetic:n=200,digits=2,ops=+-")
+        options[key] = value if key in ("ops", "style") else int(value)
+    return options

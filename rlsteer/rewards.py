@@ -1,0 +1,320 @@
+"""The Math-Verify reward (reference-semantics §2): extraction, gold normalisation, and a process pool.
+
+Extraction follows the authors: the last ``\\boxed{…}`` (else ``\\fbox{…}``) with brace matching for the
+qwen-math / chat / plain templates, the last ``<answer>…</answer>`` for r1; no answer means a wrong answer.
+The gold is parsed from ``\\boxed{answer}`` and ``verify(gold, prediction)`` is called gold first. Rewards
+are ±1 by default (0/1 on request). ``extraction="any"`` lets Math-Verify search the whole completion
+instead, for models that never box their answers (DESIGN §6).
+
+Verification can hang (sympy on adversarial input), so :class:`RewardPool` runs it in worker processes
+with a hard per-answer deadline: a worker past it is killed and replaced, and the answer counts as a
+timeout. No signal-based timeouts are used anywhere (they misbehave outside the main thread).
+
+Example:
+    >>> last_boxed(r"so \\boxed{\\frac{1}{2}} and then \\boxed{3}.")
+    '3'
+    >>> math_reward(r"The answer is \\boxed{\\frac{1}{2}}", "0.5")
+    1.0
+    >>> math_reward("The answer is 1/2", "0.5")
+    -1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import multiprocessing as mp
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
+
+from rlsteer.errors import RlsteerError
+
+Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
+Extraction = Literal["boxed", "any"]
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_E_NOTATION = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*[eE]\s*([-+]?\d+)\s*$")
+
+
+class RewardError(RlsteerError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------- extraction
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}`` (else the last ``\\fbox{…}``), braces matched; None if absent/unbalanced."""
+    for command in ("\\boxed", "\\fbox"):
+        start = text.rfind(command)
+        if start < 0:
+            continue
+        i = start + len(command)
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i >= len(text) or text[i] != "{":
+            return None
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1:j]
+        return None
+    return None
+
+
+def last_answer_tag(text: str) -> str | None:
+    """Content of the last ``<answer>…</answer>`` (non-greedy, across lines), or None."""
+    matches = _ANSWER_TAG.findall(text)
+    return matches[-1] if matches else None
+
+
+def extract_answer(completion: str, template: str = "qwen-math") -> str | None:
+    """The final answer a completion commits to under ``template`` (r1: answer tag; else last box)."""
+    return last_answer_tag(completion) if template == "r1" else last_boxed(completion)
+
+
+# ----------------------------------------------------------------------------------------------- golds
+
+
+def normalise_gold(answer: str) -> str:
+    """Rewrite answers Math-Verify misreads: e-notation ``4.5e33`` becomes ``4.5 \\times 10^{33}``.
+
+    Applied to gold answers and to extracted predictions alike (Math-Verify reads ``e`` as Euler's number).
+    """
+    match = _E_NOTATION.match(answer)
+    if match:
+        return f"{match.group(1)} \\times 10^{{{int(match.group(2))}}}"
+    return answer
+
+
+def _math_verify() -> Any:
+    """Import math_verify with its "timeout disabled" warnings silenced: RewardPool enforces the deadline."""
+    import math_verify
+
+    for name in ("math_verify.grader", "math_verify.parser"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return math_verify
+
+
+def gold_warnings(answer: str) -> list[str]:
+    """Known ways a gold answer makes verification unreliable (empty list if none)."""
+    parse = _math_verify().parse
+
+    parsed = parse("\\boxed{" + normalise_gold(answer) + "}", parsing_timeout=None)
+    if not parsed:
+        return ["gold does not parse; only an identical string can match"]
+    warnings = []
+    value = parsed[0]
+    if not isinstance(value, str) and str(value) == "0" and not re.fullmatch(r"\s*[-+]?0*(\.0*)?\s*", answer):
+        warnings.append("gold parses to 0, so a prediction of 0 verifies as correct")
+    if all(isinstance(p, str) for p in parsed):
+        warnings.append("gold parses only as a string; only an identical string can match")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Task:
+    """One answer to check (plain data, sent to worker processes)."""
+
+    completion: str
+    gold: str
+    template: str = "qwen-math"
+    extraction: Extraction = "boxed"
+
+
+def verify_task(task: Task) -> Status:
+    """Check one answer in this process (no timeout of its own)."""
+    mv = _math_verify()
+    parse, verify = mv.parse, mv.verify
+
+    if task.extraction == "boxed":
+        answer = extract_answer(task.completion, task.template)
+        if answer is None:
+            return "no_answer"
+        prediction_text = "\\boxed{" + normalise_gold(answer) + "}"
+    else:
+        prediction_text = task.completion
+    try:
+        gold = parse("\\boxed{" + normalise_gold(task.gold) + "}", parsing_timeout=None)
+        prediction = parse(prediction_text, parsing_timeout=None)
+    except Exception:  # noqa: BLE001 - any parser failure is a wrong answer, as in the reference
+        return "parse_error"
+    if not prediction:
+        return "no_answer" if task.extraction == "any" else "parse_error"
+    try:
+        return "correct" if verify(gold, prediction, timeout_seconds=None) else "wrong"
+    except Exception:  # noqa: BLE001
+        return "parse_error"
+
+
+def to_reward(status: Status, values: Literal["pm1", "zero_one"] = "pm1") -> float:
+    if status == "correct":
+        return 1.0
+    return 0.0 if values == "zero_one" else -1.0
+
+
+def math_reward(completion: str, gold: str, template: str = "qwen-math", *, extraction: Extraction = "boxed",
+                values: Literal["pm1", "zero_one"] = "pm1") -> float:
+    """The reward of one completion, verified in this process (use :class:`RewardPool` for batches)."""
+    return to_reward(verify_task(Task(completion, gold, template, extraction)), values)
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """Rewards of a batch, with how each answer was judged and the counts a trainer logs."""
+
+    rewards: tuple[float, ...]
+    statuses: tuple[Status, ...]
+
+    def count(self, status: Status) -> int:
+        return sum(s == status for s in self.statuses)
+
+    @property
+    def timeouts(self) -> int:
+        return self.count("timeout")
+
+    @property
+    def parse_failures(self) -> int:
+        return self.count("parse_error")
+
+    @property
+    def missing_answers(self) -> int:
+        return self.count("no_answer")
+
+
+class RewardPool:
+    """Verify answers in worker processes with a hard per-answer deadline; reuse it across steps.
+
+    Args:
+        workers: processes (0 verifies in this process, without a deadline).
+        timeout_s: seconds one answer may take; past it the worker is killed and replaced.
+        values: ``pm1`` (±1, the authors') or ``zero_one``.
+        verify: ``"module:function"`` taking a :class:`Task` and returning a status (tests inject slow ones).
+
+    Example:
+        >>> with RewardPool(workers=1) as pool:
+        ...     batch = pool.score([r"\\boxed{4}", r"\\boxed{5}", "no box"], ["4", "4", "4"])
+        >>> batch.rewards, batch.missing_answers
+        ((1.0, -1.0, -1.0), 1)
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, *, values: Literal["pm1", "zero_one"] = "pm1",
+                 verify: str = "rlsteer.rewards:verify_task", start_method: str = "spawn") -> None:
+        if workers < 0 or timeout_s <= 0:
+            raise RewardError("RewardPool needs workers >= 0 and timeout_s > 0")
+        self.workers, self.timeout_s, self.values, self.verify = workers, timeout_s, values, verify
+        self._ctx: Any = mp.get_context(start_method)
+        self._procs: list[tuple[Any, Connection]] = []
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc, conn in self._procs:
+            with contextlib.suppress(OSError):  # the worker may already be gone
+                conn.send(None)
+            proc.join(timeout=1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._procs = []
+
+    def score(self, completions: Sequence[str], golds: Sequence[str], template: str = "qwen-math",
+              extraction: Extraction = "boxed") -> RewardBatch:
+        """Rewards for ``completions`` against ``golds`` (same length), in order."""
+        if len(completions) != len(golds):
+            raise RewardError(f"{len(completions)} completions but {len(golds)} gold answers")
+        tasks = [Task(c, g, template, extraction) for c, g in zip(completions, golds, strict=True)]
+        if self.workers == 0:
+            fn = _resolve(self.verify)
+            statuses: list[Status] = [fn(t) for t in tasks]
+        else:
+            statuses = self._run(tasks)
+        return RewardBatch(tuple(to_reward(s, self.values) for s in statuses), tuple(statuses))
+
+    def _run(self, tasks: list[Task]) -> list[Status]:
+        while len(self._procs) < self.workers:
+            self._procs.append(self._spawn())
+        results: list[Status | None] = [None] * len(tasks)
+        pending = list(range(len(tasks)))[::-1]
+        busy: dict[int, tuple[int, float]] = {}  # worker slot → (task index, deadline)
+        while pending or busy:
+            for slot in range(len(self._procs)):
+                if slot not in busy and pending:
+                    index = pending.pop()
+                    self._procs[slot][1].send(tasks[index])
+                    busy[slot] = (index, time.monotonic() + self.timeout_s)
+            next_deadline = min(deadline for _, deadline in busy.values())
+            ready = wait([self._procs[s][1] for s in busy], timeout=max(0.0, next_deadline - time.monotonic()))
+            for slot in list(busy):
+                conn = self._procs[slot][1]
+                index, deadline = busy[slot]
+                if conn in ready:
+                    try:
+                        results[index] = conn.recv()
+                    except (EOFError, OSError):  # the worker died: count as a parse failure, replace it
+                        results[index] = "parse_error"
+                        self._replace(slot)
+                    del busy[slot]
+                elif time.monotonic() >= deadline:
+                    results[index] = "timeout"
+                    self._replace(slot)
+                    del busy[slot]
+        return [r if r is not None else "parse_error" for r in results]
+
+    def _spawn(self) -> tuple[Any, Connection]:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker, args=(child, self.verify), daemon=True)
+        proc.start()
+        child.close()
+        # Wait for the worker's imports before any deadline starts counting.
+        if not parent.poll(120) or parent.recv() != "ready":
+            proc.kill()
+            raise RewardError("a verification worker failed to start; check that math-verify is installed")
+        return proc, parent
+
+    def _replace(self, slot: int) -> None:
+        proc, conn = self._procs[slot]
+        proc.kill()
+        proc.join()
+        conn.close()
+        self._procs[slot] = self._spawn()
+
+
+def _resolve(path: str) -> Callable[[Task], Status]:
+    module, _, name = path.partition(":")
+    fn: Callable[[Task], Status] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def _worker(conn: Connection, verify: str) -> None:
+    fn = _resolve(verify)
+    _math_verify()
+    conn.send("ready")
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            status = fn(task)
+        except Exception:  # noqa: BLE001
+            status = "parse_error"
+        conn.send(status)
