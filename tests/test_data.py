@@ -1,0 +1,105 @@
+"""Dataset registry, local files with bad rows, synthetic tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlsteer.data import EVAL_SETS, REGISTRY, DataError, load_problems, synthetic_arithmetic
+from rlsteer.rewards import math_reward
+from tests.conftest import shared_data_dir
+
+DATA = shared_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(),
+                                reason=f"shared data not found at {DATA} (set RLSTEER_SHARED_DATA)")
+SIZES = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva_math": 272, "olympiadbench": 675,
+         "gsm8k": 1319, "math_train": 7498}
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(SIZES))
+def test_registry_reads_the_shared_files(name):
+    problems = load_problems(name, data_dir=DATA)
+    assert len(problems) == SIZES[name]
+    assert len({p.id for p in problems}) == len(problems)
+    assert all(p.problem.strip() and p.answer.strip() for p in problems)
+
+
+def test_registry_knows_the_paper_sets_and_hub_ids():
+    assert set(EVAL_SETS) == {"aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k"}
+    assert REGISTRY["aime25"].configs == ("AIME2025-I", "AIME2025-II")
+    assert REGISTRY["math500"].hf_id == "HuggingFaceH4/MATH-500"
+    assert REGISTRY["deepscaler"].kind == "train"
+
+
+def test_missing_local_file_without_datasets_says_what_to_do(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "datasets" else real_import(name, *a, **k))
+    with pytest.raises(DataError, match=r"pip install 'rlsteer\[hub\]'"):
+        load_problems("deepscaler", data_dir=tmp_path)
+
+
+def test_local_jsonl_folder_limit_and_shuffle(tmp_path):
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"id": str(i), "problem": f"p{i}", "answer": i})
+                                                for i in range(5)))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"question": "q", "answer": 27.0}) + "\n")
+    problems = load_problems(str(tmp_path))
+    assert [p.problem for p in problems] == ["p0", "p1", "p2", "p3", "p4", "q"]
+    assert problems[-1].answer == "27" and problems[-1].id == "0"
+    shuffled = load_problems(str(tmp_path), shuffle_seed=3, limit=4)
+    assert len(shuffled) == 4 and shuffled != problems[:4]
+    assert shuffled == load_problems(str(tmp_path), shuffle_seed=3, limit=4)
+
+
+def test_bad_rows_are_reported_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"problem": "fine", "answer": "1"}),
+        json.dumps({"problem": "no answer"}),
+        json.dumps({"answer": "2"}),
+        json.dumps({"problem": "  ", "answer": ""}),
+    ]))
+    with pytest.raises(DataError) as info:
+        load_problems(str(path))
+    message = str(info.value)
+    assert message.startswith("3 rows without a problem or an answer")
+    assert f"{path}:2 (no answer)" in message and f"{path}:3 (no problem)" in message
+    assert f"{path}:4 (no problem and no answer)" in message
+    path.write_text('{"problem": "x", "answer": "1"}\n{not json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        load_problems(str(path))
+
+
+def test_empty_and_unknown_datasets(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="has no problems"):
+        load_problems(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match="after limit=0"):
+        load_problems("synthetic-arithmetic:n=3", limit=0)
+    with pytest.raises(DataError, match="unknown dataset 'gsm9k'"):
+        load_problems("gsm9k")
+    with pytest.raises(DataError, match="bad synthetic option 'size=3'"):
+        load_problems("synthetic-arithmetic:size=3")
+
+
+def test_synthetic_tasks_are_deterministic_and_correct():
+    a = synthetic_arithmetic(50, digits=2, ops="+-*", seed=7)
+    assert a == synthetic_arithmetic(50, digits=2, ops="+-*", seed=7)
+    assert a != synthetic_arithmetic(50, digits=2, ops="+-*", seed=8)
+    for p in a:
+        numbers = [int(w) for w in p.problem.replace("?", " ").replace(".", " ").split() if w.isdigit()]
+        assert min(numbers) >= 10 and max(numbers) <= 99
+        op = p.meta["ops"]
+        x, y = numbers
+        assert int(p.answer) == {"+": x + y, "-": x - y, "*": x * y}[op]
+        assert int(p.answer) >= 0
+        assert math_reward(f"\\boxed{{{p.answer}}}", p.answer) == 1.0
+    expr = synthetic_arithmetic(5, operands=4, digits=1, ops="+-", style="expression", seed=1)
+    for p in expr:
+        assert str(eval(p.problem.removeprefix("What is ").rstrip("?"))) == p.answer  # noqa: S307
+    with pytest.raises(DataError, match="operands=2"):
+        synthetic_arithmetic(5, operands=3, style="word")
