@@ -55,6 +55,21 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from rlsteer.config import TrainConfig, dump_yaml, load_config
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if args.dry_run:
+        print(f"# resolved config of {args.config} (run directory: {cfg.run.path})")
+        print(dump_yaml(cfg), end="")
+        return 0
+    from rlsteer.train import train
+
+    run_dir = train(cfg, resume=args.resume)
+    print(f"done: vectors in {run_dir / 'vectors.safetensors'}, metrics in {run_dir / 'metrics.jsonl'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
@@ -77,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="a .safetensors file written by rlsteer")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("train", help="train steering vectors with RLOO from a YAML config")
+    p.add_argument("config", type=Path, help="a YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. rl.steps=10 optim.lr=1e-2")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (loads no model)")
+    p.set_defaults(run=_train)
 
     p = sub.add_parser("demo", help="the newcomer's first run: steer the built-in model on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

@@ -265,9 +265,12 @@ class RolloutSection:
 
 @dataclass(frozen=True)
 class RewardSection:
-    """Math-Verify reward (±1 by default; ``zero_one`` for 0/1).
+    """The reward: Math-Verify (±1 by default; ``zero_one`` for 0/1), or a first-token check for smoke runs.
 
     Attributes:
+        kind: ``math`` (the paper) or ``first_token`` (+1 when the first generated token is ``target``).
+        target: the token of ``first_token`` rewards; ``auto`` picks the base model's second most likely
+            first token over the first step's prompts (likely enough to be sampled, not yet dominant).
         extraction: ``boxed`` (the last \\boxed{} / <answer>, the paper) or ``any`` (Math-Verify's own
             extraction over the whole completion, for models that never box their answers).
         mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
@@ -275,6 +278,8 @@ class RewardSection:
         workers: verification processes.
     """
 
+    kind: Literal["math", "first_token"] = "math"
+    target: str | None = None
     values: Literal["pm1", "zero_one"] = "pm1"
     extraction: Literal["boxed", "any"] = "boxed"
     mask_truncated: bool = False

@@ -22,14 +22,18 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import json
 import logging
-import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any, Literal
 
 from rlsteer.errors import RlsteerError
@@ -197,6 +201,10 @@ class RewardBatch:
 class RewardPool:
     """Verify answers in worker processes with a hard per-answer deadline; reuse it across steps.
 
+    Workers are separate Python interpreters (``python -m rlsteer.verify_worker``) fed one JSON line per
+    answer, so the pool works from scripts and notebooks alike (no ``__main__`` guard needed) and a hung
+    worker can simply be killed.
+
     Args:
         workers: processes (0 verifies in this process, without a deadline).
         timeout_s: seconds one answer may take; past it the worker is killed and replaced.
@@ -211,12 +219,11 @@ class RewardPool:
     """
 
     def __init__(self, workers: int = 2, timeout_s: float = 5.0, *, values: Literal["pm1", "zero_one"] = "pm1",
-                 verify: str = "rlsteer.rewards:verify_task", start_method: str = "spawn") -> None:
+                 verify: str = "rlsteer.rewards:verify_task") -> None:
         if workers < 0 or timeout_s <= 0:
             raise RewardError("RewardPool needs workers >= 0 and timeout_s > 0")
         self.workers, self.timeout_s, self.values, self.verify = workers, timeout_s, values, verify
-        self._ctx: Any = mp.get_context(start_method)
-        self._procs: list[tuple[Any, Connection]] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> RewardPool:
         return self
@@ -225,13 +232,8 @@ class RewardPool:
         self.close()
 
     def close(self) -> None:
-        for proc, conn in self._procs:
-            with contextlib.suppress(OSError):  # the worker may already be gone
-                conn.send(None)
-            proc.join(timeout=1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        for proc in self._procs:
+            _stop(proc)
         self._procs = []
 
     def score(self, completions: Sequence[str], golds: Sequence[str], template: str = "qwen-math",
@@ -254,20 +256,22 @@ class RewardPool:
         pending = list(range(len(tasks)))[::-1]
         busy: dict[int, tuple[int, float]] = {}  # worker slot → (task index, deadline)
         while pending or busy:
-            for slot in range(len(self._procs)):
+            for slot, proc in enumerate(self._procs):
                 if slot not in busy and pending:
                     index = pending.pop()
-                    self._procs[slot][1].send(tasks[index])
+                    _send(proc, dataclasses.asdict(tasks[index]))
                     busy[slot] = (index, time.monotonic() + self.timeout_s)
             next_deadline = min(deadline for _, deadline in busy.values())
-            ready = wait([self._procs[s][1] for s in busy], timeout=max(0.0, next_deadline - time.monotonic()))
+            ready = wait([self._procs[s].stdout for s in busy],  # type: ignore[misc]
+                         timeout=max(0.0, next_deadline - time.monotonic()))
             for slot in list(busy):
-                conn = self._procs[slot][1]
+                proc = self._procs[slot]
                 index, deadline = busy[slot]
-                if conn in ready:
-                    try:
-                        results[index] = conn.recv()
-                    except (EOFError, OSError):  # the worker died: count as a parse failure, replace it
+                if proc.stdout in ready:
+                    line = proc.stdout.readline() if proc.stdout else b""
+                    if line:
+                        results[index] = json.loads(line)["status"]
+                    else:  # the worker died: count as a parse failure and replace it
                         results[index] = "parse_error"
                         self._replace(slot)
                     del busy[slot]
@@ -277,44 +281,47 @@ class RewardPool:
                     del busy[slot]
         return [r if r is not None else "parse_error" for r in results]
 
-    def _spawn(self) -> tuple[Any, Connection]:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker, args=(child, self.verify), daemon=True)
-        proc.start()
-        child.close()
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = subprocess.Popen([sys.executable, "-m", "rlsteer.verify_worker", self.verify], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env)
         # Wait for the worker's imports before any deadline starts counting.
-        if not parent.poll(120) or parent.recv() != "ready":
-            proc.kill()
-            raise RewardError("a verification worker failed to start; check that math-verify is installed")
-        return proc, parent
+        ready = wait([proc.stdout], timeout=120)  # type: ignore[list-item]
+        line = proc.stdout.readline() if ready and proc.stdout else b""
+        if not line.startswith(b'{"ready"'):
+            _stop(proc)
+            raise RewardError("a verification worker failed to start; check that math-verify is installed "
+                              f"and that {self.verify!r} can be imported")
+        return proc
 
     def _replace(self, slot: int) -> None:
-        proc, conn = self._procs[slot]
-        proc.kill()
-        proc.join()
-        conn.close()
+        _stop(self._procs[slot], kill=True)
         self._procs[slot] = self._spawn()
+
+
+def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+    assert proc.stdin is not None  # always piped
+    proc.stdin.write(json.dumps(message).encode() + b"\n")
+    proc.stdin.flush()
+
+
+def _stop(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
+    if not kill:
+        with contextlib.suppress(OSError, ValueError):  # the worker may already be gone
+            assert proc.stdin is not None
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
 
 
 def _resolve(path: str) -> Callable[[Task], Status]:
     module, _, name = path.partition(":")
     fn: Callable[[Task], Status] = getattr(importlib.import_module(module), name)
     return fn
-
-
-def _worker(conn: Connection, verify: str) -> None:
-    fn = _resolve(verify)
-    _math_verify()
-    conn.send("ready")
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        try:
-            status = fn(task)
-        except Exception:  # noqa: BLE001
-            status = "parse_error"
-        conn.send(status)

@@ -84,7 +84,10 @@ def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tupl
         ids[i, width - lengths[i]:] = torch.tensor(prompt + completion, device=device)
         mask[i, width - lengths[i]:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    longest = max(len(c) for _, c in sequences)
+    # Logits only where completions are predicted: the last `longest + 1` positions (left padding).
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=longest + 1).logits  # [S, longest + 1, vocab]
     scale = 1.0 / temperature if temperature > 0 else 1.0
     out = []
     for i, (_, completion) in enumerate(sequences):
@@ -92,8 +95,8 @@ def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tupl
         if n == 0:
             out.append(logits.new_zeros(0, dtype=torch.float32))
             continue
-        # position t predicts token t+1: the completion's tokens are predicted by the n positions before them
-        step_logits = logits[i, width - n - 1:width - 1]  # [n, vocab]
+        # position t predicts token t+1: the completion's n tokens are predicted by the n positions before them
+        step_logits = logits[i, longest - n:longest]  # [n, vocab]
         step_logits = step_logits.to(torch.promote_types(step_logits.dtype, torch.float32)) * scale
         targets = ids[i, width - n:]
         out.append(step_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0])

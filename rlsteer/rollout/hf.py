@@ -84,7 +84,7 @@ class HFBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _new_cache(self.model)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)  # prefill: only the last position's logits
         while not all(done):
             step_tokens, step_logprobs = next_tokens(out.logits[:, -1], sampling, generators)
             for i in range(rows):

@@ -1,0 +1,324 @@
+"""``train(cfg)``: RLOO training of steering vectors on a frozen model (DESIGN §2), resumable.
+
+One step, top to bottom:
+
+1. take the step's B prompts (a fixed permutation of the dataset per epoch and seed);
+2. sample N completions per prompt from the current steered policy (per-request seeds);
+3. score them (Math-Verify in a process pool, or the first-token smoke reward);
+4. leave-one-out advantages per prompt group;
+5. loss = −Σ a·Σ_t log π / (generated tokens in the step), accumulated over micro-batches;
+6. clip the global grad norm, set the warmup lr, one Adam step; log; checkpoint every K steps.
+
+Every random choice derives from (seed, step, prompt, sample), so a run resumed from its last checkpoint
+ends with the same vectors as an uninterrupted one.
+
+Example:
+    >>> from rlsteer.config import load_config, TrainConfig
+    >>> cfg = load_config(TrainConfig, "configs/smoke.yaml", ["run.dir=/tmp/smoke", "rl.steps=2"])  # doctest: +SKIP
+    >>> train(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlsteer.architectures import architecture_of
+from rlsteer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
+from rlsteer.data import Problem, load_problems
+from rlsteer.errors import RlsteerError
+from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
+from rlsteer.models import load_model, model_identity
+from rlsteer.rewards import RewardBatch, RewardPool, Status
+from rlsteer.rl import advantages, policy_loss, token_logprobs
+from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
+from rlsteer.steering.hooks import steer
+from rlsteer.steering.sites import HEAD_SITES, Entry
+from rlsteer.steering.vectors import SteeringVectors
+from rlsteer.templates import Prompt, build_prompt
+
+
+class TrainingError(RlsteerError):
+    pass
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Train steering vectors as ``cfg`` says; returns the run directory (see DESIGN §1 for its layout)."""
+    run_dir = prepare_run_dir(cfg, resume=resume)
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
+                            revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
+    if len(problems) < cfg.rl.prompts_per_step:
+        raise TrainingError(f"the dataset has {len(problems)} problems, fewer than rl.prompts_per_step="
+                            f"{cfg.rl.prompts_per_step}; lower it or use more data")
+    prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
+    vectors = build_vectors(model, cfg)
+    optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                 weight_decay=0.0)
+    start = 0
+    if resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
+        start = load_checkpoint(ckpt, vectors, optimizer)["step"]
+        truncate_metrics(run_dir / "metrics.jsonl", start)
+        log(f"resuming {run_dir} from {ckpt.name}")
+    backend = make_backend(cfg, model, tok)
+    sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                              max_new_tokens=cfg.rollout.max_new_tokens,
+                              max_total_tokens=cfg.rollout.max_total_tokens)
+    tracker = make_tracker(cfg.run.logger, run_dir, to_dict(cfg))
+    scorer = make_scorer(cfg, model, tok, prompts)
+    log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}: {cfg.rl.steps} steps × "
+        f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run_dir}")
+    try:
+        for step in range(start, cfg.rl.steps):
+            batch = batch_indices(len(problems), step, cfg.rl.prompts_per_step, cfg.rl.seed + cfg.data.shuffle_seed)
+            record = rl_step(step, [prompts[i] for i in batch], [problems[i] for i in batch], model, tok, vectors,
+                             optimizer, backend, sampling, scorer, cfg)
+            append_metrics(run_dir / "metrics.jsonl", record)
+            tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
+            log(format_record(record))
+            if not all(torch.isfinite(v).all() for v in vectors.vectors().values()):
+                raise TrainingError(f"step {step + 1} made the vectors NaN or inf; the last good checkpoint is "
+                                    f"{latest_checkpoint(run_dir / 'checkpoints')}; lower optim.lr and resume")
+            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps:
+                save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer)
+                save_vectors(vectors, model, cfg, run_dir)
+    finally:
+        tracker.close()
+        scorer.close()
+    save_vectors(vectors, model, cfg, run_dir)
+    return run_dir
+
+
+def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], model: nn.Module, tok: Any,
+            vectors: SteeringVectors, optimizer: torch.optim.Optimizer, backend: Any, sampling: SamplingParams,
+            scorer: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """One RLOO round: sample, score, one optimizer step. Returns the step's metrics."""
+    n = cfg.rl.samples_per_prompt
+    t0 = time.perf_counter()
+    requests = [Request(p.ids, p.stop_ids, seed=request_seed(cfg.rl.seed, step, i, k))
+                for i, p in enumerate(prompts) for k in range(n)]
+    rollouts = backend.generate(requests, vectors, sampling)  # [B·N], grouped by prompt
+    t1 = time.perf_counter()
+    scored: RewardBatch = scorer.score(rollouts, [p for p in problems for _ in range(n)])
+    rewards = torch.tensor(scored.rewards).view(len(prompts), n)  # [B, N]
+    truncated = torch.tensor([r.finish_reason == "length" for r in rollouts]).view(len(prompts), n)
+    t2 = time.perf_counter()
+
+    keep = ~truncated if cfg.reward.mask_truncated else torch.ones_like(truncated)
+    adv = masked_advantages(rewards, keep, cfg.rl.baseline).flatten()  # [B·N]
+    lengths = torch.tensor([r.num_tokens for r in rollouts])
+    total_tokens = int(lengths[keep.flatten()].sum())
+    optimizer.zero_grad(set_to_none=True)
+    loss_value = 0.0
+    active = [i for i in range(len(rollouts)) if adv[i] != 0]  # zero-advantage samples add nothing to the loss
+    if active and total_tokens > 0:
+        with steer(model, vectors):
+            for start in range(0, len(active), cfg.rl.micro_batch_size):
+                chunk = active[start:start + cfg.rl.micro_batch_size]
+                lps = token_logprobs(model, [(rollouts[i].request.prompt_ids, rollouts[i].token_ids) for i in chunk],
+                                     temperature=cfg.rollout.temperature, pad_id=tok.pad_token_id)
+                loss = policy_loss(torch.stack([lp.sum() for lp in lps]), adv[chunk], total_tokens)
+                loss.backward()
+                loss_value += float(loss.detach())
+    t3 = time.perf_counter()
+
+    params = [p for p in vectors.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)) if active else 0.0
+    warmup = min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps > 0 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * warmup
+    optimizer.step()
+    t4 = time.perf_counter()
+
+    generated = int(lengths.sum())
+    record: dict[str, Any] = {
+        "step": step + 1,
+        "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+        "accuracy": scored.count("correct") / len(rollouts),
+        "zero_adv_groups": float((rewards.std(dim=1, unbiased=False) == 0).float().mean()),
+        "len_mean": float(lengths.float().mean()), "len_max": int(lengths.max()),
+        "truncated": float(truncated.float().mean()),
+        "verifier_timeouts": scored.timeouts, "parse_failures": scored.parse_failures,
+        "missing_answers": scored.missing_answers,
+        "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
+        "time_generate": t1 - t0, "time_reward": t2 - t1, "time_backward": t3 - t2, "time_optim": t4 - t3,
+        "tokens_per_s": generated / max(t1 - t0, 1e-9),
+    }
+    record.update({f"norm/{name}": value for name, value in vectors.norms().items()})
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def masked_advantages(rewards: torch.Tensor, keep: torch.Tensor, baseline: Any) -> torch.Tensor:
+    """Advantages [B, N] over the kept samples of each group; dropped samples get 0 and leave the baseline."""
+    if bool(keep.all()):
+        return advantages(rewards, baseline)
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    for g in range(rewards.shape[0]):
+        kept = keep[g].nonzero().flatten()
+        if len(kept) >= 2:
+            out[g, kept] = advantages(rewards[g, kept][None], baseline)[0]
+    return out
+
+
+def batch_indices(n_problems: int, step: int, batch: int, seed: int) -> list[int]:
+    """The problems of ``step``: epoch e is the permutation Random(seed, e) of the dataset, cut into batches."""
+    per_epoch = n_problems // batch  # drop_last, as the authors
+    epoch, index = divmod(step, per_epoch)
+    order = list(range(n_problems))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[index * batch:(index + 1) * batch]
+
+
+def request_seed(seed: int, step: int, prompt: int, sample: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, step, prompt, sample)."""
+    return ((seed * 1_000_003 + step) * 65_537 + prompt) * 1_031 + sample
+
+
+def build_vectors(model: nn.Module, cfg: TrainConfig) -> SteeringVectors:
+    """Zero (or ``steering.init``) vectors at the configured sites, constraints applied, all trainable."""
+    arch = architecture_of(model)
+    s = cfg.steering
+    layers = range(arch.n_layers) if s.layers == "all" else s.layers
+    entries = [Entry(site, layer, s.head if site in HEAD_SITES else None) for layer in layers for site in s.sites]
+    meta = {**model_identity(model), "template": cfg.data.template, "config_hash": config_hash(cfg)}
+    if cfg.data.prefix is not None:
+        meta["prefix"] = cfg.data.prefix
+    vectors = SteeringVectors(arch.d_model, entries, metadata=meta)
+    vectors.validate(model)
+    if s.init is not None:
+        start = SteeringVectors.load(s.init, model)
+        with torch.no_grad():
+            for entry in entries:
+                if entry in start:
+                    vectors.parameter(entry).copy_(start.vector(entry).cpu())
+    if s.orthogonal_to:
+        fixed = [SteeringVectors.load(path, model) for path in s.orthogonal_to]
+        for entry in entries:
+            missing = [path for path, f in zip(s.orthogonal_to, fixed, strict=True) if entry not in f]
+            if missing:
+                raise TrainingError(f"{missing[0]} has no {entry.name} entry for this run to stay orthogonal to")
+            vectors.constrain_orthogonal(entry, torch.stack([f.vector(entry).detach().cpu() for f in fixed]))
+    return vectors.to(next(model.parameters()).device)
+
+
+def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One Adam group per entry, with the per-layer lr when given; ``base_lr`` is the post-warmup lr."""
+    lrs = cfg.steering.lr_per_layer or {}
+    groups = []
+    for entry in vectors.trainable_entries():
+        lr = lrs.get(entry.layer, cfg.optim.lr)
+        groups.append({"params": [vectors.parameter(entry)], "lr": lr, "base_lr": lr})
+    return groups
+
+
+def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any) -> Any:
+    if cfg.rollout.backend == "vllm":
+        raise TrainingError("rollout.backend=vllm is not available yet; use rollout.backend=hf")
+    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=False)
+
+
+class MathScorer:
+    """Math-Verify rewards through a reusable :class:`RewardPool`."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values=cfg.reward.values)
+
+    def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
+        return self.pool.score([r.text for r in rollouts], [p.answer for p in problems], self.cfg.data.template,
+                               self.cfg.reward.extraction)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class FirstTokenScorer:
+    """+1 when the first generated token is the target (the smoke-test task), else −1 (or 0)."""
+
+    def __init__(self, target_id: int, values: str) -> None:
+        self.target_id, self.values = target_id, values
+
+    def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
+        hit = [bool(r.token_ids) and r.token_ids[0] == self.target_id for r in rollouts]
+        statuses: tuple[Status, ...] = tuple("correct" if h else "wrong" for h in hit)
+        miss = 0.0 if self.values == "zero_one" else -1.0
+        return RewardBatch(tuple(1.0 if h else miss for h in hit), statuses)
+
+    def close(self) -> None:
+        pass
+
+
+def make_scorer(cfg: TrainConfig, model: nn.Module, tok: Any, prompts: Sequence[Prompt]) -> Any:
+    if cfg.reward.kind == "math":
+        return MathScorer(cfg)
+    target = cfg.reward.target
+    if target is None:
+        raise TrainingError("reward.kind=first_token needs reward.target (a token, or auto)")
+    if target == "auto":
+        target_id = auto_target(model, prompts[: cfg.rl.prompts_per_step], cfg.rollout.temperature)
+    else:
+        ids = tok.encode(target, add_special_tokens=False)
+        if len(ids) != 1:
+            raise TrainingError(f"reward.target {target!r} is {len(ids)} tokens; give a single token")
+        target_id = ids[0]
+    return FirstTokenScorer(target_id, cfg.reward.values)
+
+
+@torch.no_grad()
+def auto_target(model: nn.Module, prompts: Sequence[Prompt], temperature: float) -> int:
+    """The base model's second most likely first token, averaged over ``prompts``."""
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+    probs = torch.stack([(model(torch.tensor([p.ids], device=next(model.parameters()).device)).logits[0, -1]
+                          .float() * scale).softmax(-1) for p in prompts]).mean(0)
+    return int(probs.topk(2).indices[1])
+
+
+# ------------------------------------------------------------------------------------------- run files
+
+
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
+    """Create the run directory and write ``config.yaml``; resuming checks the saved config matches."""
+    run_dir = cfg.run.path
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        if not resume:
+            raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                                "run.name / run.dir")
+        previous = load_config(TrainConfig, saved)
+        comparable = replace(previous, rl=replace(previous.rl, steps=cfg.rl.steps), run=cfg.run)
+        if config_hash(comparable) != config_hash(cfg):
+            raise TrainingError(f"the config differs from the one {run_dir} was started with; resume with the "
+                                f"same settings (only rl.steps and run.* may change), e.g. rlsteer train {saved} "
+                                "--resume")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(dump_yaml(cfg))
+        tmp.replace(saved)
+    except OSError as err:
+        raise TrainingError(f"cannot write to the run directory {run_dir}: {err.strerror}; choose a writable "
+                            "run.dir") from None
+    return run_dir
+
+
+def save_vectors(vectors: SteeringVectors, model: nn.Module, cfg: TrainConfig, run_dir: Path) -> Path:
+    return vectors.save(run_dir / "vectors.safetensors", config_hash=config_hash(cfg))
+
+
+def format_record(r: dict[str, Any]) -> str:
+    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}  acc {r['accuracy']:.3f}  "
+            f"len {r['len_mean']:.0f}  trunc {r['truncated']:.2f}  |g| {r['grad_norm']:.3g}  "
+            f"gen {r['time_generate']:.1f}s  rew {r['time_reward']:.1f}s  bwd {r['time_backward']:.1f}s  "
+            f"{r['tokens_per_s']:.0f} tok/s")
+
