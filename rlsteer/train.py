@@ -225,7 +225,7 @@ def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, A
 def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any) -> Any:
     if cfg.rollout.backend == "vllm":
         raise TrainingError("rollout.backend=vllm is not available yet; use rollout.backend=hf")
-    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=False)
+    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=None)
 
 
 class MathScorer:

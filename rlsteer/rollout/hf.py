@@ -35,10 +35,10 @@ class HFBackend:
         tokenizer: its tokenizer (for the pad id and decoding).
         batch_size: rows decoded together; bounds memory (requests are processed in chunks of this size,
             longest prompts first to limit padding).
-        progress: show a progress bar over requests.
+        progress: show a progress bar over requests (None: only when stderr is a terminal).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, progress: bool = True) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, progress: bool | None = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -54,7 +54,8 @@ class HFBackend:
         """Sample one completion per request, in request order, with ``vectors`` steering the model."""
         order = sorted(range(len(requests)), key=lambda i: -requests[i].prompt_len)
         results: dict[int, Rollout] = {}
-        bar = tqdm(total=len(requests), desc="generate", unit="seq", disable=not self.progress, leave=False)
+        bar = tqdm(total=len(requests), desc="generate", unit="seq", leave=False,
+                   disable=None if self.progress is None else not self.progress)
         context = steer(self.model, vectors) if vectors is not None else nullcontext()  # type: ignore[arg-type]
         with context, torch.no_grad(), bar:
             for start in range(0, len(order), self.batch_size):
