@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(model=args.model, out_dir=args.out, max_new_tokens=args.max_new_tokens))
+    run_demo(DemoConfig(model=args.model, out_dir=args.out, steps=args.steps))
     return 0
 
 
@@ -94,16 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("train", help="train steering vectors with RLOO from a YAML config")
-    p.add_argument("config", type=Path, help="a YAML config (see configs/)")
+    p.add_argument("config", type=Path, help="a YAML config, or a preset name: smoke, demo-cpu, paper/…")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. rl.steps=10 optim.lr=1e-2")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (loads no model)")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("demo", help="the newcomer's first run: steer the built-in model on CPU, offline")
+    p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--steps", type=int, default=12, help="RLOO steps (default 12, ~5 minutes on 2 cores)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("models", help="list the built-in model aliases and supported architectures")
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rlsteer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

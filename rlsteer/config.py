@@ -60,9 +60,23 @@ def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]
     return build(cls, data)
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(name: str | os.PathLike[str]) -> Path:
+    """A config file: an existing path, else a preset shipped with rlsteer (``demo-cpu``, ``paper/…``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (PRESETS / path, PRESETS / f"{path}.yaml", PRESETS / path.name):
+        if candidate.is_file():
+            return candidate
+    names = sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist and is not a preset; presets: {', '.join(names)}")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = preset_path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

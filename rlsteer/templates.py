@@ -119,15 +119,23 @@ def prefix_ids(tokenizer: Any, prefix: str) -> list[int]:
 
 def stop_tokens_for(tokenizer: Any, template: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Stop token ids and strings: the chat format's end-of-turn token (chat templates) plus EOS."""
-    vocab = tokenizer.get_vocab()
     tokens: list[str] = []
     if template in ("qwen-math", "chat") and getattr(tokenizer, "chat_template", None):
-        tokens += [t for t in END_OF_TURN if t in vocab and t in str(tokenizer.chat_template)]
+        tokens += [t for t in END_OF_TURN if _token_id(tokenizer, t) is not None and t in str(tokenizer.chat_template)]
     if tokenizer.eos_token is not None and tokenizer.eos_token not in tokens:
         tokens.append(tokenizer.eos_token)
-    if not tokens:
+    ids = [_token_id(tokenizer, t) for t in tokens]
+    if not tokens or None in ids:
         raise TemplateError("the tokenizer has no EOS token and no known end-of-turn token to stop on")
-    return tuple(vocab[t] for t in tokens), tuple(tokens)
+    return tuple(i for i in ids if i is not None), tuple(tokens)
+
+
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of a single vocabulary token, or None when the vocabulary lacks it (O(1), unlike get_vocab)."""
+    index = tokenizer.convert_tokens_to_ids(token)
+    if index is None or tokenizer.convert_ids_to_tokens(index) != token:
+        return None
+    return int(index)
 
 
 def adds_bos(tokenizer: Any) -> bool:

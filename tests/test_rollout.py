@@ -99,6 +99,23 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(filter_logits(shuffled, top_k=-1, top_p=0.8)) == [False, True, False, True]
 
 
+def test_sampling_draws_from_the_filtered_distribution():
+    from rlsteer.rollout.sampling import next_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp(min=1e-30).log().expand(4000, -1)
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens, logprobs = next_tokens(logits, SamplingParams(temperature=1.0), gens)
+    freq = torch.bincount(tokens, minlength=5).float() / 4000
+    assert (freq - probs).abs().max() < 0.03 and freq[4] == 0
+    torch.testing.assert_close(logprobs, probs.clamp(min=1e-30).log()[tokens])
+    top2, _ = next_tokens(logits, SamplingParams(temperature=1.0, top_k=2), gens)
+    assert set(top2.tolist()) == {0, 1}
+    again, _ = next_tokens(logits, SamplingParams(temperature=1.0), [torch.Generator().manual_seed(i)
+                                                                    for i in range(4000)])
+    assert torch.equal(tokens, again)
+
+
 def test_bad_sampling_params():
     with pytest.raises(SamplingError, match="top_p"):
         SamplingParams(top_p=0.0)

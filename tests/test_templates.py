@@ -86,8 +86,11 @@ class _NoChatTok:
             input_ids = [1, *self.real.encode(text, add_special_tokens=False)]
         return Out()
 
-    def get_vocab(self):
-        return {"</s>": 2, "<s>": 1}
+    def convert_tokens_to_ids(self, token):
+        return {"</s>": 2, "<s>": 1}.get(token, 0)
+
+    def convert_ids_to_tokens(self, index):
+        return {2: "</s>", 1: "<s>"}.get(index, "<unk>")
 
 
 def test_raw_templates_get_bos_when_the_tokenizer_adds_one(tok):

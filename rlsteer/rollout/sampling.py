@@ -44,7 +44,10 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams,
     scaled = logits / params.temperature
     logprobs = scaled.log_softmax(-1)  # the untruncated policy, as the loss sees it
     probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
-    tokens = torch.stack([
-        torch.multinomial(probs[i], 1, generator=gen)[0] for i, gen in enumerate(generators)
-    ])
+    # Inverse-CDF sampling with one uniform draw per row from that row's generator: exact, and far cheaper
+    # than a multinomial call per row.
+    uniform = torch.stack([torch.rand((), generator=gen, device=probs.device) for gen in generators])  # [batch]
+    cdf = probs.cumsum(-1)  # [batch, vocab]
+    target = (uniform * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
