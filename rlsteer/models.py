@@ -123,6 +123,62 @@ def load_model(
     return model, tok
 
 
+def model_folder(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, seed: int = 0) -> str:
+    """A model folder (or hub id) that other engines such as vLLM can load: the same weights as :func:`load_model`.
+
+    Built-in aliases and ``.gguf`` files become cached safetensors folders (tiny random models are saved
+    once per alias and seed); local folders and hub ids are returned as they are.
+
+    Example:
+        >>> Path(model_folder("tiny-random-qwen2"), "config.json").is_file()
+        True
+    """
+    text = os.fspath(spec)
+    if text in _TINY:
+        config = _tiny_config(_TINY[text], smollm2_tokenizer()).to_json_string(use_diff=False)
+        key = hashlib.sha256(config.encode()).hexdigest()[:12]  # a changed recipe never reuses stale weights
+        target = cache_dir() / "tiny" / f"{text}-seed{seed}-{key}"
+        if not (target / "config.json").is_file():
+            model, tok = _tiny_random(text, seed=seed)
+
+            def save(out: Path) -> None:
+                model.save_pretrained(out)  # type: ignore[operator]  # transformers' stubs confuse mypy here
+                tok.save_pretrained(out)
+
+            _save_atomically(target, save)
+        return str(target)
+    if text == DEFAULT_MODEL:
+        return str(converted_gguf_folder(smollm2_gguf_path()))
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {text!r} does not exist; check the path")
+        return str(converted_gguf_folder(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{text!r} is not a model folder (no config.json in it)")
+        return str(path)
+    if _looks_like_hub_id(text):
+        return text
+    raise ModelLoadError(f"unknown model {text!r}: not a built-in alias ({', '.join(aliases())}), an existing path, "
+                         "or a hub id of the form owner/name")
+
+
+def _save_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Run ``write(staging)`` and rename the staging folder to ``target``; a concurrent writer may win."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
+    try:
+        write(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def aliases() -> list[str]:
     """Every built-in model alias."""
     return [DEFAULT_MODEL, *_TINY]
@@ -271,16 +327,16 @@ def _tiny_config(family: str, tok: Any) -> Any:
 
     common: dict[str, Any] = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         initializer_range=0.1,
     )
     builders: dict[str, Callable[[], Any]] = {
         "llama": lambda: transformers.LlamaConfig(**common, tie_word_embeddings=True),
         "qwen2": lambda: transformers.Qwen2Config(**common, tie_word_embeddings=False),
-        "qwen3": lambda: transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False),
+        "qwen3": lambda: transformers.Qwen3Config(**common, tie_word_embeddings=False),
         "mistral": lambda: transformers.MistralConfig(**common, sliding_window=None, tie_word_embeddings=False),
-        "gemma": lambda: transformers.GemmaConfig(**common, head_dim=16),
+        "gemma": lambda: transformers.GemmaConfig(**common),
         "olmo": lambda: transformers.OlmoConfig(**common, tie_word_embeddings=False),
         "phi3": lambda: transformers.Phi3Config(**common, tie_word_embeddings=False),
     }

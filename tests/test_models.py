@@ -39,8 +39,8 @@ def test_architecture_table_finds_every_module():
     arch = architecture_of(model)
     q, k, v = (arch.projection(1, s) for s in "qkv")
     assert q.module is k.module is v.module is arch.attn(1).qkv_proj
-    assert (q.offset, k.offset, v.offset) == (0, 64, 64 + 32)
-    assert k.columns(1) == slice(64 + 16, 64 + 32)
+    assert (q.offset, k.offset, v.offset) == (0, 4 * 32, 4 * 32 + 2 * 32)  # 4 query heads, 2 KV heads, head_dim 32
+    assert k.columns(1) == slice(128 + 32, 128 + 64)
     assert arch.down_proj(0) is model.model.layers[0].mlp.down_proj
     assert arch.final_norm() is model.model.norm and arch.lm_head() is model.lm_head
     assert arch.group_size == 2

@@ -93,7 +93,7 @@ def test_steering_every_head_of_one_stream_feeds_that_projection_ln1_of_x_plus_s
 
 
 def test_per_head_patches_touch_only_their_head(tiny, batch):
-    model, tok = tiny("qwen2")  # 4 query heads, 2 KV heads, head_dim 16, biases on q/k/v
+    model, tok = tiny("qwen2")  # 4 query heads, 2 KV heads, head_dim 32, biases on q/k/v
     ids, mask = batch(tok)
     arch = architecture_of(model)
     seen: dict[str, torch.Tensor] = {}
