@@ -332,12 +332,15 @@ class RunSection:
         dir: the run directory (``{name}`` is replaced by ``name``).
         checkpoint_every: write ``checkpoints/step-N`` every this many steps (and at the end).
         logger: ``none``, ``tensorboard`` or ``wandb`` (extras; metrics.jsonl is always written).
+        check_sync: after every step, check that all data-parallel ranks hold bit-identical vectors (a
+            debug mode: one small all-gather per step; the checksum is logged in metrics.jsonl).
     """
 
     name: str = "run"
     dir: str = "runs/{name}"
     checkpoint_every: int = 50
     logger: Literal["none", "tensorboard", "wandb"] = "none"
+    check_sync: bool = False
 
     @property
     def path(self) -> Path:

@@ -34,6 +34,19 @@ from rlsteer.architectures import architecture_of
 from rlsteer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
 from rlsteer.data import Problem, load_problems
+from rlsteer.distributed import (
+    SINGLE,
+    World,
+    all_gather_rows,
+    all_max,
+    all_sum,
+    barrier,
+    check_in_sync,
+    close_world,
+    init_world,
+    on_main,
+    sum_gradients,
+)
 from rlsteer.errors import RlsteerError
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_identity
@@ -51,14 +64,27 @@ class TrainingError(RlsteerError):
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train steering vectors as ``cfg`` says; returns the run directory (see DESIGN §1 for its layout)."""
-    run_dir = prepare_run_dir(cfg, resume=resume)
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
+    """Train steering vectors as ``cfg`` says; returns the run directory (see DESIGN §1 for its layout).
+
+    Under ``torchrun``/``accelerate launch`` each process is one data-parallel rank (see
+    :mod:`rlsteer.distributed`); rank 0 logs and writes the run directory.
+    """
+    world = init_world(cfg.model.device)
+    try:
+        return _train(cfg, resume, log if world.is_main else _silent, world)
+    finally:
+        close_world(world)
+
+
+def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World) -> Path:
+    run_dir = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=world.device(cfg.model.device),
                             revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
     if len(problems) < cfg.rl.prompts_per_step:
         raise TrainingError(f"the dataset has {len(problems)} problems, fewer than rl.prompts_per_step="
                             f"{cfg.rl.prompts_per_step}; lower it or use more data")
+    world.shard(cfg.rl.prompts_per_step)  # fail early when the groups do not split over the ranks
     prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
     vectors = build_vectors(model, cfg)
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -66,56 +92,75 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     start = 0
     if resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
         start = load_checkpoint(ckpt, vectors, optimizer)["step"]
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        if world.is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", start)
         log(f"resuming {run_dir} from {ckpt.name}")
-    backend = make_backend(cfg, model, tok)
+    backend = make_backend(cfg, model, tok, world)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                               max_new_tokens=cfg.rollout.max_new_tokens,
                               max_total_tokens=cfg.rollout.max_total_tokens)
-    tracker = make_tracker(cfg.run.logger, run_dir, to_dict(cfg))
+    tracker = make_tracker(cfg.run.logger if world.is_main else "none", run_dir, to_dict(cfg))
     scorer = make_scorer(cfg, model, tok, prompts)
-    log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}: {cfg.rl.steps} steps × "
+    ranks = f" on {world.size} ranks" if world.enabled else ""
+    log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}{ranks}: {cfg.rl.steps} steps × "
         f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run_dir}")
     try:
         for step in range(start, cfg.rl.steps):
             batch = batch_indices(len(problems), step, cfg.rl.prompts_per_step, cfg.rl.seed + cfg.data.shuffle_seed)
             record = rl_step(step, [prompts[i] for i in batch], [problems[i] for i in batch], model, tok, vectors,
-                             optimizer, backend, sampling, scorer, cfg)
-            append_metrics(run_dir / "metrics.jsonl", record)
-            tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
+                             optimizer, backend, sampling, scorer, cfg, world)
+            if cfg.run.check_sync:
+                record["checksum"] = check_in_sync(list(vectors.parameters()), world, step + 1)
+            if world.is_main:
+                append_metrics(run_dir / "metrics.jsonl", record)
+                tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
             log(format_record(record))
             if not all(torch.isfinite(v).all() for v in vectors.vectors().values()):
                 raise TrainingError(f"step {step + 1} made the vectors NaN or inf; the last good checkpoint is "
                                     f"{latest_checkpoint(run_dir / 'checkpoints')}; lower optim.lr and resume")
-            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps:
+            if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
                 save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer)
                 save_vectors(vectors, model, cfg, run_dir)
     finally:
         tracker.close()
         scorer.close()
-    save_vectors(vectors, model, cfg, run_dir)
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+    if world.is_main:
+        save_vectors(vectors, model, cfg, run_dir)
+    barrier(world)  # no rank leaves before the run directory is complete
     return run_dir
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], model: nn.Module, tok: Any,
             vectors: SteeringVectors, optimizer: torch.optim.Optimizer, backend: Any, sampling: SamplingParams,
-            scorer: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """One RLOO round: sample, score, one optimizer step. Returns the step's metrics."""
+            scorer: Any, cfg: TrainConfig, world: World = SINGLE) -> dict[str, Any]:
+    """One RLOO round over the step's prompts: sample, score, one optimizer step. Returns the step's metrics.
+
+    With several ranks, this rank takes its slice of the prompt groups; seeds follow the prompt's place in
+    the whole step, so the samples do not depend on the number of ranks.
+    """
     n = cfg.rl.samples_per_prompt
+    mine = world.shard(len(prompts))
     t0 = time.perf_counter()
-    requests = [Request(p.ids, p.stop_ids, seed=request_seed(cfg.rl.seed, step, i, k))
-                for i, p in enumerate(prompts) for k in range(n)]
-    rollouts = backend.generate(requests, vectors, sampling)  # [B·N], grouped by prompt
+    requests = [Request(prompts[i].ids, prompts[i].stop_ids, seed=request_seed(cfg.rl.seed, step, i, k))
+                for i in mine for k in range(n)]
+    rollouts = backend.generate(requests, vectors, sampling)  # [b·N], grouped by prompt (b = this rank's groups)
     t1 = time.perf_counter()
-    scored: RewardBatch = scorer.score(rollouts, [p for p in problems for _ in range(n)])
-    rewards = torch.tensor(scored.rewards).view(len(prompts), n)  # [B, N]
-    truncated = torch.tensor([r.finish_reason == "length" for r in rollouts]).view(len(prompts), n)
+    scored: RewardBatch = scorer.score(rollouts, [problems[i] for i in mine for _ in range(n)])
+    rewards = torch.tensor(scored.rewards).view(len(mine), n)  # [b, N]
+    truncated = torch.tensor([r.finish_reason == "length" for r in rollouts]).view(len(mine), n)
     t2 = time.perf_counter()
 
     keep = ~truncated if cfg.reward.mask_truncated else torch.ones_like(truncated)
-    adv = masked_advantages(rewards, keep, cfg.rl.baseline).flatten()  # [B·N]
+    adv = masked_advantages(rewards, keep, cfg.rl.baseline).flatten()  # [b·N]
     lengths = torch.tensor([r.num_tokens for r in rollouts])
-    total_tokens = int(lengths[keep.flatten()].sum())
+    total_tokens = int(all_sum(float(lengths[keep.flatten()].sum()), world))  # the normaliser spans all ranks
     optimizer.zero_grad(set_to_none=True)
     loss_value = 0.0
     active = [i for i in range(len(rollouts)) if adv[i] != 0]  # zero-advantage samples add nothing to the loss
@@ -131,26 +176,32 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
     t3 = time.perf_counter()
 
     params = [p for p in vectors.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)) if active else 0.0
+    stepped = sum_gradients(params, world)  # one all-reduce; every rank then holds the same gradient
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)) if stepped else 0.0
     warmup = min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps > 0 else 1.0
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * warmup
     optimizer.step()
     t4 = time.perf_counter()
 
-    generated = int(lengths.sum())
+    rewards, truncated, lengths = (all_gather_rows(t, world) for t in (rewards, truncated, lengths.view(len(mine), n)))
+    counts = {k: all_sum(float(v), world) for k, v in (("correct", scored.count("correct")),
+                                                        ("timeouts", scored.timeouts),
+                                                        ("parse_failures", scored.parse_failures),
+                                                        ("missing_answers", scored.missing_answers))}
+    times = [all_max(t, world) for t in (t1 - t0, t2 - t1, t3 - t2, t4 - t3)]
     record: dict[str, Any] = {
         "step": step + 1,
         "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
-        "accuracy": scored.count("correct") / len(rollouts),
+        "accuracy": counts["correct"] / rewards.numel(),
         "zero_adv_groups": float((rewards.std(dim=1, unbiased=False) == 0).float().mean()),
         "len_mean": float(lengths.float().mean()), "len_max": int(lengths.max()),
         "truncated": float(truncated.float().mean()),
-        "verifier_timeouts": scored.timeouts, "parse_failures": scored.parse_failures,
-        "missing_answers": scored.missing_answers,
-        "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-        "time_generate": t1 - t0, "time_reward": t2 - t1, "time_backward": t3 - t2, "time_optim": t4 - t3,
-        "tokens_per_s": generated / max(t1 - t0, 1e-9),
+        "verifier_timeouts": int(counts["timeouts"]), "parse_failures": int(counts["parse_failures"]),
+        "missing_answers": int(counts["missing_answers"]),
+        "loss": all_sum(loss_value, world), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
+        "time_generate": times[0], "time_reward": times[1], "time_backward": times[2], "time_optim": times[3],
+        "tokens_per_s": float(lengths.sum()) / max(times[0], 1e-9),
     }
     record.update({f"norm/{name}": value for name, value in vectors.norms().items()})
     return record
@@ -222,9 +273,12 @@ def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, A
     return groups
 
 
-def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any) -> Any:
+def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any, world: World = SINGLE) -> Any:
+    """The rollout engine, created once per run: transformers (the reference) or vLLM (extra ``vllm``)."""
     if cfg.rollout.backend == "vllm":
-        raise TrainingError("rollout.backend=vllm is not available yet; use rollout.backend=hf")
+        from rlsteer.rollout.vllm import VLLMBackend
+
+        return VLLMBackend.from_config(cfg, tok, world=world)
     return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=None)
 
 
