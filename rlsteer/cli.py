@@ -67,7 +67,8 @@ def _train(args: argparse.Namespace) -> int:
     from rlsteer.train import train
 
     run_dir = train(cfg, resume=args.resume)
-    print(f"done: vectors in {run_dir / 'vectors.safetensors'}, metrics in {run_dir / 'metrics.jsonl'}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per data-parallel rank
+        print(f"done: vectors in {run_dir / 'vectors.safetensors'}, metrics in {run_dir / 'metrics.jsonl'}")
     return 0
 
 

@@ -170,6 +170,10 @@ def _save_atomically(target: Path, write: Callable[[Path], object]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
     try:
         write(staging)
+        if not (staging / "config.json").is_file():  # e.g. save_pretrained skips non-zero torch.distributed ranks
+            raise ModelLoadError(f"saving {target.name} wrote no config.json; build it from one process (rank 0)")
+        if target.exists() and not (target / "config.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder left by an older version
         try:
             staging.rename(target)
         except OSError:  # another process finished first: keep theirs

@@ -49,7 +49,7 @@ from rlsteer.distributed import (
 )
 from rlsteer.errors import RlsteerError
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
-from rlsteer.models import load_model, model_identity
+from rlsteer.models import load_model, model_folder, model_identity
 from rlsteer.rewards import RewardBatch, RewardPool, Status
 from rlsteer.rl import advantages, policy_loss, token_logprobs
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
@@ -78,6 +78,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World) -> Path:
     run_dir = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
+    # converted/tiny model folders are written once, by rank 0 (transformers' save_pretrained is a no-op on
+    # other ranks); the others then read the cached copy
+    on_main(lambda: model_folder(cfg.model.name) if cfg.rollout.backend == "vllm" or world.enabled else None, world)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=world.device(cfg.model.device),
                             revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
@@ -121,15 +124,16 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
             if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
                 save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer)
                 save_vectors(vectors, model, cfg, run_dir)
+        if world.is_main:
+            save_vectors(vectors, model, cfg, run_dir)
+        barrier(world)  # no rank leaves before the run directory is complete (and before vLLM's shutdown,
+        #                 which in torchrun mode tears down the process group)
     finally:
         tracker.close()
         scorer.close()
         close = getattr(backend, "close", None)
         if close is not None:
             close()
-    if world.is_main:
-        save_vectors(vectors, model, cfg, run_dir)
-    barrier(world)  # no rank leaves before the run directory is complete
     return run_dir
 
 

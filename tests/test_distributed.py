@@ -50,7 +50,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
            "run.check_sync=true", *overrides]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("step    7") == 1  # only rank 0 logs
+    assert done.stdout.count("step    7") == 1 and done.stdout.count("done:") == 1  # only rank 0 logs
 
     one = SteeringVectors.load(single / "vectors.safetensors")
     two = SteeringVectors.load(tmp_path / "two" / "vectors.safetensors")

@@ -129,11 +129,39 @@ def test_unsupported_sites_fail_before_generating(engine, requests_):
         engine.generate(requests_, SteeringVectors.from_dict({("ln1_out", 1): torch.ones(64)}), SamplingParams())
 
 
-def test_smoke_preset_trains_with_the_vllm_backend(tmp_path):
-    cmd = [sys.executable, "-m", "rlsteer.cli", "train", "smoke", "rollout.backend=vllm",
-           f"rollout.vllm_gpu_memory_utilization={MEMORY}", f"run.dir={tmp_path / 'run'}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+def train_smoke(run_dir: Path, *overrides: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    """The smoke preset with the vLLM backend, in its own process(es): one engine per process."""
+    launch = [sys.executable, "-m", "rlsteer.cli"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+        "-m", "rlsteer.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": "1"} if ranks > 1 else {})}
+    done = subprocess.run([*launch, "train", "smoke", "rollout.backend=vllm", "rollout.vllm_enforce_eager=true",
+                           f"rollout.vllm_gpu_memory_utilization={MEMORY}", f"run.dir={run_dir}", *overrides],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    return done
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("vllm") / "one"
+    train_smoke(run_dir)
+    return run_dir
+
+
+def test_smoke_preset_trains_with_the_vllm_backend(one_rank_run):
+    metrics = read_metrics(one_rank_run / "metrics.jsonl")
     assert metrics[0]["reward_mean"] < 0
     assert sum(m["reward_mean"] for m in metrics[-5:]) / 5 > 0.9  # the HF backend's bar (tests/test_train.py)
+
+
+def test_two_ranks_with_their_own_engines_match_one_process(one_rank_run, tmp_path):
+    steps = 12  # rewards appear from step 4 and grow: real gradients flow
+    done = train_smoke(tmp_path / "two", f"rl.steps={steps}", "run.check_sync=true", ranks=2)
+    assert done.stdout.count(f"step   {steps}") == 1  # only rank 0 logs
+    one, two = read_metrics(one_rank_run / "metrics.jsonl")[:steps], read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [m["step"] for m in two] == list(range(1, steps + 1)) and all(len(m["checksum"]) == 16 for m in two)
+    assert any(m["grad_norm"] > 0 for m in two)
+    for a, b in zip(one, two, strict=True):  # each rank sampled its half with the same per-request seeds
+        assert a["reward_mean"] == b["reward_mean"] and a["len_mean"] == b["len_mean"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
