@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -264,21 +265,11 @@ def converted_gguf_folder(gguf: Path) -> Path:
     cache key covers the file's path, size and modification time; the folder appears atomically.
     """
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # v2: the saved config no longer claims GGUF quantisation (its weights are dequantised fp32)
+    key = hashlib.sha256(f"v2|{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        _convert_gguf(gguf, staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not (target / "config.json").is_file():
+        _save_atomically(target, partial(_convert_gguf, gguf))
     return target
 
 
@@ -298,6 +289,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     if missing or unexpected:
         raise ModelLoadError(f"GGUF conversion of {gguf} lost weights: missing={missing} unexpected={unexpected}")
     rebuilt.tie_weights()
+    if hasattr(rebuilt.config, "quantization_config"):  # other loaders (vLLM) would expect GGUF weights
+        del rebuilt.config.quantization_config
     rebuilt.save_pretrained(out)
     tok.save_pretrained(out)
 

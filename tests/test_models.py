@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlsteer import architecture_of, load_model
 from rlsteer.architectures import UnsupportedArchitectureError, supported_model_types
-from rlsteer.models import ModelLoadError, aliases, model_identity
+from rlsteer.models import ModelLoadError, aliases, model_folder, model_identity
 from tests.conftest import TINY_FAMILIES
 
 
@@ -132,3 +134,6 @@ def test_smollm2_cached_copy_matches_the_gguf_load():
     assert (arch.n_layers, arch.d_model, arch.n_heads, arch.n_kv_heads, arch.vocab_size) == (30, 576, 9, 3, 49152)
     assert model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    # the cached folder is a plain fp32 checkpoint: other loaders (vLLM) must not look for GGUF weights
+    config = json.loads((Path(model_folder("smollm2-135m-instruct")) / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]

@@ -124,6 +124,38 @@ def test_zero_vectors_reproduce_the_plain_engine(engine, requests_, tmp_path):
     assert plain == ours
 
 
+def test_smollm2_logprobs_match_hf_with_an_all_layer_vector():
+    """The real model takes vLLM's large-GEMM CPU kernels (oneDNN), which the tiny model never reaches."""
+    script = textwrap.dedent(f"""
+        import torch
+        from rlsteer.models import load_model, model_folder
+        from rlsteer.rl import token_logprobs
+        from rlsteer.rollout import Request, SamplingParams
+        from rlsteer.rollout.vllm import VLLMBackend
+        from rlsteer.steering import SteeringVectors, steer
+        from rlsteer.templates import build_prompt
+        model, tok = load_model("smollm2-135m-instruct")
+        reqs = [Request(build_prompt(tok, q, "chat").ids, (), seed=i) for i, q in enumerate({QUESTIONS!r})]
+        engine = VLLMBackend(model_folder("smollm2-135m-instruct"), tok, dtype="float32", enforce_eager=True,
+                             gpu_memory_utilization=0.2, max_model_len=512, progress=False)
+        g = torch.Generator().manual_seed(0)
+        vectors = SteeringVectors.from_dict({{("resid_post", l): 0.3 * torch.randn(576, generator=g)
+                                              for l in range(30)}})
+        for v in (None, vectors):
+            outs = engine.generate(reqs, v, SamplingParams(temperature=1.0, max_new_tokens=32, logprobs=True))
+            with torch.no_grad(), steer(model, v if v is not None else {{}}):
+                lps = token_logprobs(model, [(o.request.prompt_ids, o.token_ids) for o in outs],
+                                     temperature=1.0, pad_id=tok.pad_token_id)
+            diff = max(float((lp - torch.tensor(o.logprobs)).abs().max()) for lp, o in zip(lps, outs))
+            print("RESULT", diff, sum(o.num_tokens for o in outs))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert [int(n) for _, n in results] == [len(QUESTIONS) * 32] * 2  # no stop tokens: full-length samples
+    assert all(float(diff) < LOGPROB_ATOL for diff, _ in results), results  # measured ~4e-5 both ways
+
+
 def test_unsupported_sites_fail_before_generating(engine, requests_):
     with pytest.raises(VLLMError, match="rollout.backend=hf"):
         engine.generate(requests_, SteeringVectors.from_dict({("ln1_out", 1): torch.ones(64)}), SamplingParams())

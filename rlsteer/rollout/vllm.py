@@ -116,12 +116,12 @@ class VLLMBackend:
         self.n_layers, self.d_model = config.num_hidden_layers, config.hidden_size
         arch = steered_architecture(config.architectures[0] if config.architectures else "?")
         parallel: dict[str, Any] = {"distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp"}
-        if world.enabled:  # vLLM's torchrun mode: each rank is one engine (or one TP shard of one)
-            if world.size % tensor_parallel_size:
-                raise VLLMError(f"{world.size} ranks do not split into engines of tensor_parallel_size="
-                                f"{tensor_parallel_size}; launch a multiple of it")
-            parallel = {"distributed_executor_backend": "external_launcher",
-                        "data_parallel_size": world.size // tensor_parallel_size}
+        if world.enabled:  # vLLM's torchrun mode: each rank is one whole engine with its own prompts
+            if tensor_parallel_size > 1:  # TP ranks of one engine would need the same prompts; ours differ
+                raise VLLMError(f"rollout.vllm_tensor_parallel_size={tensor_parallel_size} with {world.size} "
+                                "torchrun ranks is not supported; use one process with tensor parallelism "
+                                "(vLLM starts its own workers) or data parallelism with tensor_parallel_size=1")
+            parallel = {"distributed_executor_backend": "external_launcher", "data_parallel_size": world.size}
         self.tokenizer = tokenizer
         self.progress = progress
         self._vllm = vllm
