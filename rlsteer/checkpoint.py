@@ -4,7 +4,9 @@ A checkpoint ``checkpoints/step-N/`` holds
 
 * ``state.safetensors``: the trained parameters u (before projection and scale), the orthogonality bases,
   the optimizer's tensors (Adam moments and step counts) and the torch RNG state;
-* ``state.json``: the step, the optimizer's param groups and any extra JSON the trainer adds.
+* ``state.json``: the step, the optimizer's param groups and any extra JSON the trainer adds;
+* ``vectors.safetensors``: the step's vectors as an ordinary vector file (what ``rlsteer eval --step N``
+  and the analyses read).
 
 The folder is written under a temporary name and renamed into place, so a crash leaves either the whole
 checkpoint or none of it. Resuming restores a bit-identical trainer state.
@@ -44,8 +46,8 @@ _STEP = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``root/step-{step}`` atomically and return its path."""
+                    extra: dict[str, Any] | None = None, *, vector_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``root/step-{step}`` atomically and return its path (``vector_metadata`` goes to its vector file)."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: 
     try:
         save_file(tensors, str(staging / "state.safetensors"))
         (staging / "state.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        vectors.save(staging / "vectors.safetensors", **(vector_metadata or {}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

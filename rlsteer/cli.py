@@ -72,6 +72,40 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from rlsteer.config import EvalConfig, dump_yaml, load_config, preset_path
+
+    if args.compare:
+        from rlsteer.evaluate import compare_table, load_results
+
+        markdown, table = compare_table([load_results(p) for p in args.compare], args.metric)
+        print(markdown)
+        print()
+        print(table, end="")
+        return 0
+    target = [i for i in args.items if "=" not in i]
+    if len(target) > 1:
+        raise RlsteerError(f"eval takes one TARGET, got {target}; overrides are KEY=VALUE")
+    overrides = [f"target.vectors={target[0]}"] if target else []
+    flags = {"protocol.benchmarks": f"[{args.benchmarks}]" if args.benchmarks else None,
+             "protocol.limit": args.limit, "protocol.seeds": f"[{args.seeds}]" if args.seeds else None,
+             "model.name": args.model, "target.template": args.template, "target.prefix": args.prefix,
+             "target.scale": args.scale, "target.step": args.step, "target.patch": args.patch,
+             "target.patch_head": args.head, "engine.backend": args.backend, "out": args.out}
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    overrides += [i for i in args.items if "=" in i]
+    protocol = args.protocol if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
+    cfg = load_config(EvalConfig, protocol, overrides)
+    if args.dry_run:
+        print(f"# resolved eval config ({protocol})")
+        print(dump_yaml(cfg), end="")
+        return 0
+    from rlsteer.evaluate import evaluate
+
+    evaluate(cfg)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
@@ -101,6 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (loads no model)")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", help="evaluate base, steered, prefixed or patched models with the paper's protocol",
+                       description="Evaluate a model on math benchmarks. TARGET is a vector file or a run "
+                                   "directory (none: the base model); KEY=VALUE items override the config "
+                                   "(model.*, target.*, protocol.*, engine.*, out).")
+    p.add_argument("items", nargs="*", metavar="[TARGET] [KEY=VALUE]",
+                   help="a vector file or run directory, then config overrides")
+    p.add_argument("--protocol", default="gsm8k",
+                   help="protocol preset (paper, paper-greedy, gsm8k) or a YAML file (default: gsm8k)")
+    p.add_argument("--benchmarks", help="comma-separated benchmarks (aime24,aime25,amc23,math500,minerva_math,"
+                                        "olympiadbench,gsm8k) or dataset files")
+    p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    p.add_argument("--seeds", help="comma-separated evaluation seeds")
+    p.add_argument("--model", help="model alias, hub id, folder or .gguf (default: the vectors' model)")
+    p.add_argument("--template", help="prompt template (default: the vectors' training template, else qwen-math)")
+    p.add_argument("--prefix", help='text after the generation prompt, e.g. "To" (default: the training prefix)')
+    p.add_argument("--scale", type=float, help="multiply the vectors by this")
+    p.add_argument("--step", help="for a run directory: latest (default), a checkpoint step, or all")
+    p.add_argument("--patch", help="circuit-patching variant (full, skip_attn, skip_layer, steer_q/k/v, "
+                                   "steer_head, skip_head)")
+    p.add_argument("--head", type=int, help="the head of a per-head patch")
+    p.add_argument("--backend", choices=("hf", "vllm"), help="rollout engine (default hf)")
+    p.add_argument("--out", help="output directory (default: <run>/eval/<label> or evals/<label>)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--compare", nargs="+", metavar="RESULT",
+                   help="print evaluation directories side by side instead of evaluating")
+    p.add_argument("--metric", default="avg", help="with --compare: first, avg or pass@k (default avg)")
+    p.set_defaults(run=_eval)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

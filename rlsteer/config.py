@@ -359,3 +359,106 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     rl: RLSection = field(default_factory=RLSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+# ------------------------------------------------------------------------------------------- eval config
+
+
+@dataclass(frozen=True)
+class EvalModelSection(ModelSection):
+    """The model; ``name`` None takes the one the vectors were trained on (else SmolLM2)."""
+
+    name: str | None = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    """What is evaluated: the base model, or vectors, possibly scaled, prefixed or patched into a circuit.
+
+    Attributes:
+        vectors: a vector file or a run directory (None: the base model).
+        step: for a run directory, ``latest`` (its vectors.safetensors), a checkpoint step, or ``all``
+            (every checkpoint, each into ``out/step-N``).
+        scale: a multiplier on the vectors.
+        prefix: text appended after the generation prompt (the paper's "To"); None takes the vectors'
+            training prefix, "" forces none.
+        template: prompt template; None takes the vectors' training template, else ``qwen-math``.
+        patch: a circuit-patching variant (``full``, ``skip_attn``, ``skip_layer``, ``steer_q``, ``steer_k``,
+            ``steer_v``, ``steer_head``, ``skip_head``) applied to the vector at ``patch_layer``.
+        patch_layer: the vector's layer to patch (None: the file's only entry).
+        patch_head: the head of per-head variants.
+    """
+
+    vectors: str | None = None
+    step: int | Literal["latest", "all"] = "latest"
+    scale: float = 1.0
+    prefix: str | None = None
+    template: str | None = None
+    patch: str | None = None
+    patch_layer: int | None = None
+    patch_head: int | None = None
+
+
+@dataclass(frozen=True)
+class ProtocolSection:
+    """How samples are drawn and scored (reference-semantics §3; presets ``paper``, ``paper-greedy``, ``gsm8k``).
+
+    Attributes:
+        benchmarks: registry names (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k) or
+            dataset files.
+        n: samples per problem by benchmark (others: 1). With temperature 0 every benchmark takes n = 1,
+            as in the authors' greedy configs.
+        seeds: evaluation seeds; each gives every sample its own seed, so results do not depend on batching.
+        limit: evaluate only the first problems of each benchmark (quick runs).
+        extraction: ``boxed`` (the last \\boxed{}, the paper) or ``any`` (models that never box answers).
+        pass_k: the k of pass@k (default: 1, 2, 4, … up to n).
+    """
+
+    benchmarks: tuple[str, ...] = ("gsm8k",)
+    n: dict[str, int] = field(default_factory=dict)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 4096
+    max_total_tokens: int | None = 4096
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    data_dir: str | None = None
+    extraction: Literal["boxed", "any"] = "boxed"
+    pass_k: tuple[int, ...] = ()
+
+    def samples(self, benchmark: str) -> int:
+        return 1 if self.temperature == 0 else self.n.get(benchmark, 1)
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    """Where samples come from and how they are scored.
+
+    Attributes:
+        backend: ``hf`` (transformers, any site or patch) or ``vllm`` (residual sites, much faster on GPU).
+        batch_size: HF rows decoded together.
+        chunk: requests generated, scored and written per round (resume granularity; None: batch_size for
+            hf, 512 for vllm).
+        reward_workers: Math-Verify processes (scoring overlaps the next chunk's generation).
+    """
+
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    chunk: int | None = None
+    reward_workers: int = 2
+    reward_timeout_s: float = 5.0
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_enforce_eager: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything ``rlsteer eval`` needs; ``out`` None writes to ``<run>/eval/<label>`` or ``evals/<label>``."""
+
+    model: EvalModelSection = field(default_factory=EvalModelSection)
+    target: TargetSection = field(default_factory=TargetSection)
+    protocol: ProtocolSection = field(default_factory=ProtocolSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    out: str | None = None

@@ -122,7 +122,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
                 raise TrainingError(f"step {step + 1} made the vectors NaN or inf; the last good checkpoint is "
                                     f"{latest_checkpoint(run_dir / 'checkpoints')}; lower optim.lr and resume")
             if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
-                save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer)
+                save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer,
+                                vector_metadata={"config_hash": config_hash(cfg), "step": str(step + 1)})
                 save_vectors(vectors, model, cfg, run_dir)
         if world.is_main:
             save_vectors(vectors, model, cfg, run_dir)
