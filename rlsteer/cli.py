@@ -91,7 +91,8 @@ def _eval(args: argparse.Namespace) -> int:
              "protocol.limit": args.limit, "protocol.seeds": f"[{args.seeds}]" if args.seeds else None,
              "model.name": args.model, "target.template": args.template, "target.prefix": args.prefix,
              "target.scale": args.scale, "target.step": args.step, "target.patch": args.patch,
-             "target.patch_head": args.head, "engine.backend": args.backend, "out": args.out}
+             "target.patch_layer": args.layer, "target.patch_head": args.head, "engine.backend": args.backend,
+             "out": args.out}
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     overrides += [i for i in args.items if "=" in i]
     protocol = args.protocol if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
@@ -103,6 +104,14 @@ def _eval(args: argparse.Namespace) -> int:
     from rlsteer.evaluate import evaluate
 
     evaluate(cfg)
+    return 0
+
+
+def _analyze_lens(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.lens import run_lens
+
+    run_lens(args.vectors, model_spec=args.model, k=args.k, final_norm=args.final_norm, out=args.out,
+             device=args.device)
     return 0
 
 
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", help="for a run directory: latest (default), a checkpoint step, or all")
     p.add_argument("--patch", help="circuit-patching variant (full, skip_attn, skip_layer, steer_q/k/v, "
                                    "steer_head, skip_head)")
+    p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
     p.add_argument("--head", type=int, help="the head of a per-head patch")
     p.add_argument("--backend", choices=("hf", "vllm"), help="rollout engine (default hf)")
     p.add_argument("--out", help="output directory (default: <run>/eval/<label> or evals/<label>)")
@@ -163,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print evaluation directories side by side instead of evaluating")
     p.add_argument("--metric", default="avg", help="with --compare: first, avg or pass@k (default avg)")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("analyze", help="the paper's analyses of trained vectors (records and figures)")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    k = kinds.add_parser("lens", help="logit lens: top tokens by cosine with the unembedding (paper Table 8)")
+    k.add_argument("vectors", type=Path, help="a vector file (a run's vectors.safetensors or a checkpoint's)")
+    k.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
+    k.add_argument("--k", type=int, default=10, help="tokens per vector (default 10)")
+    k.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding")
+    k.add_argument("--out", help="output folder (default: <run>/analysis/lens)")
+    k.add_argument("--device", default="cpu")
+    k.set_defaults(run=_analyze_lens)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

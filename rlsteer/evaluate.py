@@ -208,7 +208,8 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = print) -> list[dic
                                       target.out / "samples" / f"{bench}.seed{seed}.jsonl")
                 results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
                 write_results(target.out, results)
-                log(markdown_table(results))
+                log(f"{markdown_table(results)}\n\n{csv_table(results)}(in {target.out}/results.{{json,md,csv}}; "
+                    f"{results['seconds']:.0f} s)")
                 all_results.append(results)
     finally:
         close = getattr(backend, "close", None)

@@ -156,6 +156,27 @@ def test_smollm2_logprobs_match_hf_with_an_all_layer_vector():
     assert all(float(diff) < LOGPROB_ATOL for diff, _ in results), results  # measured ~4e-5 both ways
 
 
+def test_eval_with_the_vllm_backend_matches_hf(tmp_path):
+    """``rlsteer eval`` end to end on both engines: greedy completions agree token for token."""
+    from rlsteer.config import EvalConfig, load_config
+    from rlsteer.evaluate import evaluate, read_samples
+
+    bench = tmp_path / "toy.jsonl"
+    bench.write_text("".join(json.dumps({"id": str(i), "problem": q, "answer": "5"}) + "\n"
+                             for i, q in enumerate(QUESTIONS)))
+    common = ["model.name=tiny-random-llama", f"protocol.benchmarks=[{bench}]", "protocol.temperature=0",
+              "protocol.max_new_tokens=12", "engine.reward_workers=0"]
+    evaluate(load_config(EvalConfig, "eval/gsm8k", [*common, f"out={tmp_path / 'hf'}"]), log=lambda _: None)
+    cmd = [sys.executable, "-m", "rlsteer.cli", "eval", *common, "engine.backend=vllm",
+           "engine.vllm_enforce_eager=true", f"engine.vllm_gpu_memory_utilization={MEMORY}", f"out={tmp_path / 'vllm'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hf, vl = (read_samples(tmp_path / name / "samples" / "toy.seed0.jsonl") for name in ("hf", "vllm"))
+    assert [r["completion"] for r in hf] == [r["completion"] for r in vl] and len(hf) == len(QUESTIONS)
+    assert [r["logprob"] for r in hf] == pytest.approx([r["logprob"] for r in vl], abs=1e-3)
+    assert json.loads((tmp_path / "vllm" / "protocol.json").read_text())["backend"] == "vllm"
+
+
 def test_unsupported_sites_fail_before_generating(engine, requests_):
     with pytest.raises(VLLMError, match="rollout.backend=hf"):
         engine.generate(requests_, SteeringVectors.from_dict({("ln1_out", 1): torch.ones(64)}), SamplingParams())

@@ -1,0 +1,68 @@
+"""Where analyses write, and how: tidy records as JSONL and CSV, figures as PNG and PDF, all atomically.
+
+Example:
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> write_records(out / "lens", [{"layer": 0, "token": "To", "cos": 0.37}])
+    >>> sorted(p.name for p in out.iterdir())
+    ['lens.csv', 'lens.jsonl']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: analyses run on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def analysis_dir(vectors: Path, kind: str, out: str | os.PathLike[str] | None = None) -> Path:
+    """``out``, else ``<run>/analysis/<kind>`` for a run's vector file, else ``analysis/<stem>/<kind>``."""
+    if out is not None:
+        return Path(out)
+    for parent in (vectors.parent, vectors.parent.parent.parent):  # run/vectors…, run/checkpoints/step-N/vectors…
+        if (parent / "config.yaml").is_file():
+            suffix = "" if parent == vectors.parent else f"-{vectors.parent.name}"
+            return parent / "analysis" / f"{kind}{suffix}"
+    return Path("analysis") / vectors.stem / kind
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_records(stem: Path, records: Sequence[dict[str, Any]]) -> None:
+    """``stem.jsonl`` and ``stem.csv`` (columns from the first record)."""
+    write_atomically(stem.with_suffix(".jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    buf = io.StringIO()
+    if records:
+        writer = csv.DictWriter(buf, fieldnames=list(records[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    write_atomically(stem.with_suffix(".csv"), buf.getvalue())
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    """``stem.png`` (150 dpi) and ``stem.pdf``; closes the figure."""
+    paths = []
+    formats: tuple[tuple[str, dict[str, Any]], ...] = ((".png", {"dpi": 150}), (".pdf", {}))
+    for suffix, kwargs in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=suffix[1:], bbox_inches="tight", **kwargs)
+        write_atomically(stem.with_suffix(suffix), buf.getvalue())
+        paths.append(stem.with_suffix(suffix))
+    plt.close(fig)
+    return paths
