@@ -115,6 +115,16 @@ def _analyze_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_token_shift(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.token_shift import ShiftConfig, run_token_shift
+
+    cfg = ShiftConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    run_token_shift(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=args.prompts,
+                    template=args.template, model_spec=args.model, highlight=args.highlight, cfg=cfg, out=args.out,
+                    device=args.device)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
@@ -184,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", help="output folder (default: <run>/analysis/lens)")
     k.add_argument("--device", default="cpu")
     k.set_defaults(run=_analyze_lens)
+    k = kinds.add_parser("token-shift", help="Δp: which tokens the vectors promote, per generation position "
+                                             "(paper Fig. 4, 6)")
+    k.add_argument("vectors", type=Path, help="a vector file")
+    k.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
+    k.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
+    k.add_argument("--prompts", type=int, default=32, help="prompts sampled (paper: 1000 on GPU; default 32)")
+    k.add_argument("--template", help="prompt template (default: the vectors' training template)")
+    k.add_argument("--highlight", help='a token whose Δp at position 0 gets its own box, e.g. "To"')
+    k.add_argument("--max-new-tokens", type=int, default=1024)
+    k.add_argument("--temperature", type=float, default=1.0)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
+    k.add_argument("--out", help="output folder (default: <run>/analysis/token-shift)")
+    k.add_argument("--device", default="cpu")
+    k.set_defaults(run=_analyze_token_shift)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
