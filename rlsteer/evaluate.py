@@ -182,40 +182,74 @@ def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Evaluate every target ``cfg`` names; returns their results (also written to each output directory)."""
-    targets = resolve_targets(cfg)
-    cfg = resolve_defaults(cfg, targets)
-    specs = benchmark_specs(cfg.protocol.benchmarks)
-    benchmarks = {name: load_problems(spec, data_dir=cfg.protocol.data_dir, limit=cfg.protocol.limit)
-                  for name, spec in specs.items()}
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,  # type: ignore[arg-type]
-                            revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
-    prompts = {b: [build_prompt(tok, p.problem, cfg.target.template or "qwen-math", cfg.target.prefix) for p in ps]
-               for b, ps in benchmarks.items()}
-    backend = make_eval_backend(cfg, model, tok)
-    all_results = []
-    try:
-        with RewardPool(cfg.engine.reward_workers, cfg.engine.reward_timeout_s, values="zero_one") as pool:
-            for target in targets:
-                vectors = SteeringVectors.load(target.vectors, model) if target.vectors is not None else None
-                steering = steering_for(vectors, cfg)
-                protocol = protocol_record(cfg, target, specs, benchmarks)
-                prepare_out(target.out, protocol)
-                log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
-                t0 = time.perf_counter()
-                for bench, problems in benchmarks.items():
-                    for seed in cfg.protocol.seeds:
-                        run_benchmark(bench, seed, problems, prompts[bench], steering, backend, pool, cfg,
-                                      target.out / "samples" / f"{bench}.seed{seed}.jsonl")
-                results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
-                write_results(target.out, results)
-                log(f"{markdown_table(results)}\n\n{csv_table(results)}(in {target.out}/results.{{json,md,csv}}; "
-                    f"{results['seconds']:.0f} s)")
-                all_results.append(results)
-    finally:
-        close = getattr(backend, "close", None)
+    with EvalSession(cfg, log=log) as session:
+        return session.run(cfg)
+
+
+class EvalSession:
+    """One model, rollout engine and verifier pool shared by several evaluations.
+
+    Analyses evaluate many variants (prefixes, patches, layers) of one model; a session loads the model and
+    starts the engine once. Every config it runs must ask for the same model and engine.
+
+    Example:
+        >>> with EvalSession(cfg) as session:  # doctest: +SKIP
+        ...     base = session.run(cfg)
+        ...     prefixed = session.run(replace(cfg, target=replace(cfg.target, prefix="To")))
+    """
+
+    def __init__(self, cfg: EvalConfig, *, log: Callable[[str], None] = print) -> None:
+        self.cfg = resolve_defaults(cfg, resolve_targets(cfg))
+        self.log = log
+        m = self.cfg.model
+        self.model, self.tok = load_model(m.name or DEFAULT_MODEL, dtype=m.dtype, device=m.device,
+                                          revision=m.revision, trust_remote_code=m.trust_remote_code)
+        self.backend = make_eval_backend(self.cfg, self.model, self.tok)
+        self.pool = RewardPool(cfg.engine.reward_workers, cfg.engine.reward_timeout_s, values="zero_one")
+
+    def __enter__(self) -> EvalSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.close()
+        close = getattr(self.backend, "close", None)
         if close is not None:
             close()
-    return all_results
+
+    def run(self, cfg: EvalConfig) -> list[dict[str, Any]]:
+        """Evaluate every target of ``cfg`` (same model and engine as the session's)."""
+        targets = resolve_targets(cfg)
+        cfg = resolve_defaults(cfg, targets)
+        if cfg.model != self.cfg.model or cfg.engine != self.cfg.engine:
+            raise EvalError(f"this session holds {self.cfg.model.name} on {self.cfg.engine.backend}; "
+                            f"{cfg.model.name} on {cfg.engine.backend} needs its own")
+        specs = benchmark_specs(cfg.protocol.benchmarks)
+        benchmarks = {name: load_problems(spec, data_dir=cfg.protocol.data_dir, limit=cfg.protocol.limit)
+                      for name, spec in specs.items()}
+        template = cfg.target.template or "qwen-math"
+        prompts = {b: [build_prompt(self.tok, p.problem, template, cfg.target.prefix) for p in ps]
+                   for b, ps in benchmarks.items()}
+        all_results = []
+        for target in targets:
+            vectors = SteeringVectors.load(target.vectors, self.model) if target.vectors is not None else None
+            steering = steering_for(vectors, cfg)
+            protocol = protocol_record(cfg, target, specs, benchmarks)
+            prepare_out(target.out, protocol)
+            self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
+            t0 = time.perf_counter()
+            for bench, problems in benchmarks.items():
+                for seed in cfg.protocol.seeds:
+                    run_benchmark(bench, seed, problems, prompts[bench], steering, self.backend, self.pool, cfg,
+                                  target.out / "samples" / f"{bench}.seed{seed}.jsonl")
+            results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
+            write_results(target.out, results)
+            self.log(f"{markdown_table(results)}\n\n{csv_table(results)}(in {target.out}/results.{{json,md,csv}}; "
+                     f"{results['seconds']:.0f} s)")
+            all_results.append(results)
+        return all_results
 
 
 def make_eval_backend(cfg: EvalConfig, model: Any, tok: Any) -> Any:
@@ -486,5 +520,5 @@ def compare_table(results: Sequence[dict[str, Any]], metric: str = "avg") -> tup
     return "\n".join(md), buf.getvalue()
 
 
-__all__ = ["EvalConfig", "EvalError", "Target", "compare_table", "evaluate", "load_results", "markdown_table",
-           "resolve_targets", "sample_seed", "summarize"]
+__all__ = ["EvalConfig", "EvalError", "EvalSession", "Target", "compare_table", "evaluate", "load_results",
+           "markdown_table", "resolve_targets", "sample_seed", "summarize"]
