@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rlsteer.errors import RlsteerError
 
@@ -73,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlsteer.config import EvalConfig, dump_yaml, load_config, preset_path
+    from rlsteer.config import dump_yaml
 
     if args.compare:
         from rlsteer.evaluate import compare_table, load_results
@@ -86,17 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     target = [i for i in args.items if "=" not in i]
     if len(target) > 1:
         raise RlsteerError(f"eval takes one TARGET, got {target}; overrides are KEY=VALUE")
-    overrides = [f"target.vectors={target[0]}"] if target else []
-    flags = {"protocol.benchmarks": f"[{args.benchmarks}]" if args.benchmarks else None,
-             "protocol.limit": args.limit, "protocol.seeds": f"[{args.seeds}]" if args.seeds else None,
-             "model.name": args.model, "target.template": args.template, "target.prefix": args.prefix,
-             "target.scale": args.scale, "target.step": args.step, "target.patch": args.patch,
-             "target.patch_layer": args.layer, "target.patch_head": args.head, "engine.backend": args.backend,
-             "out": args.out}
-    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
-    overrides += [i for i in args.items if "=" in i]
-    protocol = args.protocol if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
-    cfg = load_config(EvalConfig, protocol, overrides)
+    protocol, cfg = _eval_config(args, [f"target.vectors={target[0]}"] if target else [])
     if args.dry_run:
         print(f"# resolved eval config ({protocol})")
         print(dump_yaml(cfg), end="")
@@ -105,6 +96,42 @@ def _eval(args: argparse.Namespace) -> int:
 
     evaluate(cfg)
     return 0
+
+
+def _protocol_flags(p: argparse.ArgumentParser) -> None:
+    """The evaluation-protocol flags analyses share with ``rlsteer eval``."""
+    p.add_argument("--protocol", default="gsm8k", help="protocol preset (paper, paper-greedy, gsm8k) or a YAML file")
+    p.add_argument("--benchmarks", help="comma-separated benchmarks or dataset files")
+    p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    p.add_argument("--seeds", help="comma-separated evaluation seeds")
+    p.add_argument("--model", help="model spec (default: the vectors' model)")
+    p.add_argument("--template", help="prompt template (default: the vectors' training template)")
+    p.add_argument("--backend", choices=("hf", "vllm"), help="rollout engine (default hf)")
+
+
+def _analyze_prefix(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.prefix import run_prefix
+
+    _, cfg = _eval_config(args)
+    run_prefix(cfg, args.vectors, prefix=args.prefix, out=args.out)
+    return 0
+
+
+def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
+    """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
+    from rlsteer.config import EvalConfig, load_config, preset_path
+
+    flags = {"protocol.benchmarks": f"[{args.benchmarks}]" if args.benchmarks else None,
+             "protocol.limit": args.limit, "protocol.seeds": f"[{args.seeds}]" if args.seeds else None,
+             "model.name": args.model, "engine.backend": args.backend,
+             **{f"target.{k}": getattr(args, a, None) for k, a in (
+                 ("template", "template"), ("prefix", "prefix"), ("scale", "scale"), ("step", "step"),
+                 ("patch", "patch"), ("patch_layer", "layer"), ("patch_head", "head"))},
+             "out": getattr(args, "out", None)}
+    overrides = [*first, *(f"{k}={v}" for k, v in flags.items() if v is not None),
+                 *(i for i in getattr(args, "items", ()) if "=" in i)]
+    protocol = Path(args.protocol) if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
+    return protocol, load_config(EvalConfig, protocol, overrides)
 
 
 def _analyze_lens(args: argparse.Namespace) -> int:
@@ -161,14 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(model.*, target.*, protocol.*, engine.*, out).")
     p.add_argument("items", nargs="*", metavar="[TARGET] [KEY=VALUE]",
                    help="a vector file or run directory, then config overrides")
-    p.add_argument("--protocol", default="gsm8k",
-                   help="protocol preset (paper, paper-greedy, gsm8k) or a YAML file (default: gsm8k)")
-    p.add_argument("--benchmarks", help="comma-separated benchmarks (aime24,aime25,amc23,math500,minerva_math,"
-                                        "olympiadbench,gsm8k) or dataset files")
-    p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
-    p.add_argument("--seeds", help="comma-separated evaluation seeds")
-    p.add_argument("--model", help="model alias, hub id, folder or .gguf (default: the vectors' model)")
-    p.add_argument("--template", help="prompt template (default: the vectors' training template, else qwen-math)")
+    _protocol_flags(p)
     p.add_argument("--prefix", help='text after the generation prompt, e.g. "To" (default: the training prefix)')
     p.add_argument("--scale", type=float, help="multiply the vectors by this")
     p.add_argument("--step", help="for a run directory: latest (default), a checkpoint step, or all")
@@ -176,7 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "steer_head, skip_head)")
     p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
     p.add_argument("--head", type=int, help="the head of a per-head patch")
-    p.add_argument("--backend", choices=("hf", "vllm"), help="rollout engine (default hf)")
     p.add_argument("--out", help="output directory (default: <run>/eval/<label> or evals/<label>)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--compare", nargs="+", metavar="RESULT",
@@ -210,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu")
     k.set_defaults(run=_analyze_token_shift)
 
+    k = kinds.add_parser("prefix", help="base vs base + prefix token vs steered, greedy and sampled (paper Fig. 4 "
+                                        "right)")
+    k.add_argument("vectors", type=Path, help="a vector file")
+    k.add_argument("items", nargs="*", metavar="KEY=VALUE", help="evaluation config overrides")
+    k.add_argument("--prefix", default="To", help='the prefix token (default "To"; "Step" for Llama-Instruct)')
+    _protocol_flags(k)
+    k.add_argument("--out", help="output folder (default: <run>/analysis/prefix)")
+    k.set_defaults(run=_analyze_prefix)
+
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -223,7 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow the options (argparse only collects positionals given before them)
+    strays = [x for x in extra if x.startswith("-") or "=" not in x]
+    dest = next((d for d in ("items", "overrides") if hasattr(args, d)), None)
+    if strays or (extra and dest is None):
+        parser.error(f"unrecognized arguments: {' '.join(strays or extra)}")
+    if extra:
+        setattr(args, str(dest), [*getattr(args, str(dest)), *extra])
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:
         parser.print_help()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rlsteer import SteeringVectors
@@ -39,3 +40,13 @@ def test_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rlsteer: error:") and err.count("\n") == 1
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["train", "smoke", "--dry-run", "rl.steps=3"]) == 0
+    assert "steps: 3" in capsys.readouterr().out
+    assert main(["eval", "--limit", "2", "--dry-run", "protocol.temperature=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "limit: 2" in out and "temperature: 0.5" in out
+    with pytest.raises(SystemExit):
+        main(["eval", "--dry-run", "--bogus"])
