@@ -384,8 +384,9 @@ class TargetSection:
             training prefix, "" forces none.
         template: prompt template; None takes the vectors' training template, else ``qwen-math``.
         patch: a circuit-patching variant (``full``, ``skip_attn``, ``skip_layer``, ``steer_q``, ``steer_k``,
-            ``steer_v``, ``steer_head``, ``skip_head``) applied to the vector at ``patch_layer``.
-        patch_layer: the vector's layer to patch (None: the file's only entry).
+            ``steer_v``, ``steer_head``, ``skip_head``) applied to one trained vector: the one at
+            ``resid_post`` ℓ is patched into block ℓ + 1, the block it feeds (the paper moves s26 into block 27).
+        patch_layer: the vector's layer (None: the file's only resid_post/resid_pre layer).
         patch_head: the head of per-head variants.
     """
 

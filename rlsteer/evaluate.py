@@ -37,6 +37,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from rlsteer.aggregate import PAPER_BENCHMARKS, headline, mean_std, scores
@@ -46,7 +47,7 @@ from rlsteer.errors import RlsteerError
 from rlsteer.models import DEFAULT_MODEL, load_model
 from rlsteer.rewards import RewardBatch, RewardPool, extract_answer
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
-from rlsteer.steering.sites import HEAD_SITES, PATCH_SITES, Entry
+from rlsteer.steering.sites import HEAD_SITES, PATCH_SITES, Entry, SiteError
 from rlsteer.steering.vectors import SteeringVectors, read_vector_file
 from rlsteer.templates import Prompt, build_prompt
 
@@ -135,18 +136,40 @@ def steering_for(vectors: SteeringVectors | None, cfg: EvalConfig) -> Any:
     vectors.scale *= t.scale
     if t.patch is None:
         return vectors
-    if t.patch not in PATCH_SITES:
-        raise EvalError(f"unknown target.patch {t.patch!r}; variants: {', '.join(PATCH_SITES)}")
-    layers = sorted({e.layer for e in vectors.entries})
-    layer = t.patch_layer if t.patch_layer is not None else layers[0] if len(layers) == 1 else None
-    if layer is None or layer not in layers:
-        raise EvalError(f"target.patch_layer must name one of the file's layers {layers}")
-    source = [e for e in vectors.entries if e.layer == layer and e.head is None]
-    if len(source) != 1:
-        raise EvalError(f"layer {layer} holds {len(source)} whole-width vectors; a patch needs exactly one")
-    if (t.patch in HEAD_SITES) != (t.patch_head is not None):
-        raise EvalError(f"target.patch={t.patch} {'needs' if t.patch in HEAD_SITES else 'takes no'} target.patch_head")
-    return {Entry(t.patch, layer, t.patch_head): vectors.vector(source[0]).detach()}
+    try:
+        return patch_from(vectors, t.patch, layer=t.patch_layer, head=t.patch_head)
+    except SiteError as err:
+        raise EvalError(f"target.patch: {err}") from None
+
+
+def patch_from(vectors: SteeringVectors, variant: str, *, layer: int | None = None,
+               head: int | None = None) -> dict[Entry, torch.Tensor]:
+    """The circuit patch of the paper's §5: one trained vector moved into the block it feeds.
+
+    The vector at ``resid_post`` ℓ (or ``resid_pre`` ℓ + 1) is the input of block ℓ + 1, so the patch goes
+    there: ``full`` reproduces the unmodified vector, ``skip_attn`` hides it from that block's attention,
+    ``steer_v`` with head h shows it to KV head h's values only, and so on (see :mod:`rlsteer.steering.sites`).
+    ``layer`` picks the vector's layer when the file has several.
+
+    Example:
+        >>> sv = SteeringVectors.from_dict({("resid_post", 26): torch.ones(4)})
+        >>> list(patch_from(sv, "steer_v", head=1))
+        [Entry(site='steer_v', layer=27, head=1)]
+    """
+    if variant not in PATCH_SITES:
+        raise SiteError(f"unknown variant {variant!r}; variants: {', '.join(PATCH_SITES)}")
+    sources = [e for e in vectors.entries if e.site in ("resid_post", "resid_pre")]
+    layers = sorted({e.layer for e in sources})
+    if layer is None and len(layers) != 1:
+        raise SiteError(f"the file has resid_post/resid_pre vectors at layers {layers}; name one with patch_layer")
+    chosen = [e for e in sources if e.layer == (layer if layer is not None else layers[0])]
+    if len(chosen) != 1:
+        raise SiteError(f"patch_layer must name exactly one of the file's resid_post/resid_pre layers {layers}")
+    source = chosen[0]
+    if (variant in HEAD_SITES) != (head is not None):
+        raise SiteError(f"{variant} {'needs' if variant in HEAD_SITES else 'takes no'} a head (patch_head)")
+    block = source.layer + 1 if source.site == "resid_post" else source.layer
+    return {Entry(variant, block, head): vectors.vector(source).detach()}
 
 
 # ------------------------------------------------------------------------------------------- sampling

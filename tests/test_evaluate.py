@@ -15,14 +15,16 @@ from rlsteer.evaluate import (
     EvalError,
     compare_table,
     evaluate,
+    patch_from,
     read_samples,
     resolve_targets,
     sample_seed,
     steering_for,
     summarize,
 )
-from rlsteer.steering import SteeringVectors
+from rlsteer.steering import SteeringVectors, steer
 from rlsteer.steering.sites import Entry
+from rlsteer.templates import build_prompt
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -172,17 +174,32 @@ def test_run_directories_resolve_to_latest_one_or_every_checkpoint(tmp_path):
         resolve_targets(load_config(EvalConfig, None, [f"target.vectors={tmp_path}"]))
 
 
-def test_patches_move_the_layer_vector_into_the_circuit():
+def test_patches_move_the_layer_vector_into_the_block_it_feeds():
     vectors = SteeringVectors(8, layers=[5])
     with torch.no_grad():
         vectors.parameter(Entry("resid_post", 5)).fill_(1.0)
     cfg = load_config(EvalConfig, None, ["target.patch=steer_v", "target.patch_head=1", "target.scale=2"])
     patch = steering_for(vectors, cfg)
-    assert list(patch) == [Entry("steer_v", 5, 1)] and patch[Entry("steer_v", 5, 1)].tolist() == [2.0] * 8
-    with pytest.raises(EvalError, match="needs target.patch_head"):
+    assert list(patch) == [Entry("steer_v", 6, 1)] and patch[Entry("steer_v", 6, 1)].tolist() == [2.0] * 8
+    assert list(patch_from(SteeringVectors(8, layers=[3], site="resid_pre"), "full")) == [Entry("full", 3)]
+    with pytest.raises(EvalError, match="needs a head"):
         steering_for(SteeringVectors(8, layers=[5]), load_config(EvalConfig, None, ["target.patch=steer_v"]))
-    with pytest.raises(EvalError, match=r"one of the file's layers \[0, 5\]"):
+    with pytest.raises(EvalError, match=r"layers \[0, 5\]; name one"):
         steering_for(SteeringVectors(8, layers=[0, 5]), load_config(EvalConfig, None, ["target.patch=full"]))
+
+
+def test_a_full_patch_reproduces_the_unmodified_vector(tiny):
+    """full at block ℓ+1 = resid_post ℓ: the paper's "s26 unmodified" baseline, bit for bit."""
+    model, tok = tiny("llama")
+    g = torch.Generator().manual_seed(0)
+    vectors = SteeringVectors.from_dict({("resid_post", 1): torch.randn(64, generator=g)})
+    ids = torch.tensor([build_prompt(tok, "What is 2 + 3?", "qwen-math").ids])
+    with torch.no_grad():
+        with steer(model, vectors):
+            want = model(ids).logits
+        with steer(model, patch_from(vectors, "full")):
+            got = model(ids).logits
+    assert torch.equal(want, got)
 
 
 def test_compare_puts_results_side_by_side(tmp_path, capsys):
