@@ -117,6 +117,18 @@ def _analyze_prefix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_patching(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.patching import VARIANTS, run_patching
+
+    _, cfg = _eval_config(args)
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else VARIANTS
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise RlsteerError(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
+    run_patching(cfg, args.vectors, layer=args.layer, variants=variants, out=args.out)
+    return 0
+
+
 def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
     """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
     from rlsteer.config import EvalConfig, load_config, preset_path
@@ -237,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(k)
     k.add_argument("--out", help="output folder (default: <run>/analysis/prefix)")
     k.set_defaults(run=_analyze_prefix)
+
+    k = kinds.add_parser("patching", help="attention-head patching sweep of one vector (paper Fig. 5, 7, 8)")
+    k.add_argument("vectors", type=Path, help="a vector file (the paper: the penultimate block's vector)")
+    k.add_argument("items", nargs="*", metavar="KEY=VALUE", help="evaluation config overrides")
+    k.add_argument("--layer", type=int, help="the vector's layer when the file has several")
+    k.add_argument("--variants", help="comma-separated subset of base,full,skip_attn,skip_layer,steer_q,steer_k,"
+                                      "steer_v,steer_head,skip_head (default: all)")
+    _protocol_flags(k)
+    k.add_argument("--out", help="output folder (default: <run>/analysis/patching)")
+    k.set_defaults(run=_analyze_patching)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

@@ -75,7 +75,7 @@ def plot_prefix(rows: list[dict[str, Any]], out: Path, prefix: str) -> list[Path
         ax.set_title(f"{mode}")
         ax.set_ylabel("accuracy (avg@n, %)")
     axes[0][0].legend()
-    fig.suptitle(f"base vs base + {prefix!r} vs steered")
+    fig.suptitle(f"base vs base + {prefix!r} vs steered", y=1.03)
     return save_figure(fig, out / "prefix")
 
 
