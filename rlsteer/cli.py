@@ -129,6 +129,16 @@ def _analyze_patching(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_transfer(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.transfer import run_transfer
+
+    config_keys = ("protocol.", "engine.", "model.", "target.")
+    args.items = [*args.items, *(x for x in args.parties if x.startswith(config_keys))]
+    _, cfg = _eval_config(args)
+    run_transfer(cfg, [x for x in args.parties if not x.startswith(config_keys)], out=args.out)
+    return 0
+
+
 def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
     """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
     from rlsteer.config import EvalConfig, load_config, preset_path
@@ -259,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(k)
     k.add_argument("--out", help="output folder (default: <run>/analysis/patching)")
     k.set_defaults(run=_analyze_patching)
+
+    k = kinds.add_parser("transfer", help="donor × recipient matrix of vectors moved between models (paper Table 1)")
+    k.add_argument("parties", nargs="+", metavar="[MODEL=]VECTORS",
+                   help="each model's own vector file (its model is read from the file unless given)")
+    _protocol_flags(k)
+    k.add_argument("--out", default="analysis/transfer", help="output folder (default: analysis/transfer)")
+    k.set_defaults(run=_analyze_transfer, items=[])
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

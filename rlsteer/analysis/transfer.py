@@ -1,0 +1,150 @@
+"""Transfer of vectors between models (reference-semantics §10; paper Table 1 and Tables 9–15).
+
+Each recipient model R is evaluated without vectors, with its own vector s_R, and with every donor's
+vector s_D copied layer for layer (same depth and width required), always with R's prompt template. The
+normalised gain of a donor is
+
+    (Acc(R + s_D) − Acc(R)) / (Acc(R + s_R) − Acc(R))
+
+so 1 means the donor's vector helps R as much as R's own, 0 not at all.
+
+Example:
+    >>> round(normalised_gain(transfer=30.0, base=12.04, own=36.44), 2)  # Qwen2.5-7B ← Math (Table 9)
+    0.74
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rlsteer.analysis.output import save_figure, write_atomically, write_records
+from rlsteer.config import EvalConfig, TargetSection
+from rlsteer.errors import RlsteerError
+from rlsteer.evaluate import EvalSession
+from rlsteer.steering.vectors import read_vector_file
+
+
+class TransferError(RlsteerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Party:
+    """One model with its own trained vector: ``name`` labels rows and columns."""
+
+    name: str
+    model: str
+    vectors: Path
+    template: str
+    d_model: int
+    n_layers: int | None  # None when the file does not record it
+
+    @classmethod
+    def parse(cls, spec: str) -> Party:
+        """``VECTORS`` (the model recorded in the file) or ``MODEL=VECTORS``."""
+        model, sep, file = spec.rpartition("=")
+        path = Path(file)
+        _, meta = read_vector_file(path)
+        model = model if sep else meta.get("model", "")
+        if not model:
+            raise TransferError(f"{path} records no model; pass MODEL={path}")
+        n_layers = int(meta["n_layers"]) if meta.get("n_layers") else None
+        return cls(name=model.rstrip("/").rsplit("/", 1)[-1], model=model, vectors=path,
+                   template=meta.get("template", "qwen-math"), d_model=int(meta["d_model"]), n_layers=n_layers)
+
+
+def normalised_gain(*, transfer: float, base: float, own: float) -> float:
+    """(transfer − base) / (own − base); NaN when the recipient's own vector does not help."""
+    return (transfer - base) / (own - base) if own != base else math.nan
+
+
+def check_compatible(parties: Sequence[Party]) -> None:
+    """Vectors move layer for layer: every model needs the same depth and width (depth where recorded)."""
+    depths = {p.n_layers for p in parties if p.n_layers is not None}
+    if len({p.d_model for p in parties}) > 1 or len(depths) > 1:
+        listing = ", ".join(f"{p.name}: {p.n_layers} layers × d={p.d_model}" for p in parties)
+        raise TransferError(f"vectors transfer layer for layer between models of one depth and width; got {listing}")
+
+
+def transfer_config(cfg: EvalConfig, recipient: Party, donor: Party | None, out: Path) -> EvalConfig:
+    """R without vectors (donor None) or R with the donor's vectors, with R's template."""
+    target = TargetSection(vectors=None if donor is None else str(donor.vectors), prefix="",
+                           template=recipient.template)
+    folder = out / recipient.name / ("base" if donor is None else f"from-{donor.name}")
+    return replace(cfg, model=replace(cfg.model, name=recipient.model), target=target, out=str(folder))
+
+
+def run_transfer(cfg: EvalConfig, specs: Sequence[str], *, out: str | Path = "analysis/transfer",
+                 log: Callable[[str], None] = print) -> Path:
+    """``rlsteer analyze transfer``: the donor × recipient matrix, raw and normalised, table and heatmap."""
+    parties = [Party.parse(s) for s in specs]
+    if len({p.name for p in parties}) != len(parties):
+        raise TransferError("two parties share a model name; pass MODEL=VECTORS with distinct model specs")
+    check_compatible(parties)
+    folder = Path(out)
+    rows = []
+    for r in parties:
+        with EvalSession(transfer_config(cfg, r, None, folder), log=log) as session:
+            for d in (None, *parties):
+                result = session.run(transfer_config(cfg, r, d, folder))[0]
+                means = [b["avg"]["mean"] for b in result["benchmarks"].values()]
+                stds = [b["avg"]["std"] for b in result["benchmarks"].values()]
+                rows.append({"recipient": r.name, "donor": "—" if d is None else d.name,
+                             "mean": statistics.fmean(means), "std": statistics.fmean(stds),
+                             **{f"avg[{k}]": b["avg"]["mean"] for k, b in result["benchmarks"].items()}})
+    acc = {(row["recipient"], row["donor"]): row["mean"] for row in rows}
+    for row in rows:
+        if row["donor"] != "—":
+            row["normalised_gain"] = normalised_gain(transfer=row["mean"], base=acc[row["recipient"], "—"],
+                                                     own=acc[row["recipient"], row["recipient"]])
+    write_records(folder / "transfer", rows)
+    table = transfer_tables(rows, [p.name for p in parties])
+    write_atomically(folder / "transfer.md", table)
+    figures = plot_transfer(rows, [p.name for p in parties], folder)
+    log(table)
+    log(f"→ {folder} ({', '.join(p.name for p in figures)})")
+    return folder
+
+
+def transfer_tables(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """Raw accuracy (recipient rows, donor columns; ×100, mean ± std) and the normalised gain."""
+    cell = {(r["recipient"], r["donor"]): r for r in rows}
+    head = "| recipient \\ donor | none | " + " | ".join(names) + " |"
+    rule = "|---|---:|" + "---:|" * len(names)
+    raw = [head, rule] + [f"| {r} | {100 * cell[r, '—']['mean']:.1f} ± {100 * cell[r, '—']['std']:.1f} | " + " | ".join(
+        f"{100 * cell[r, d]['mean']:.1f} ± {100 * cell[r, d]['std']:.1f}" for d in names) + " |" for r in names]
+    gain = ["| recipient \\ donor | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    gain += [f"| {r} | " + " | ".join(f"{cell[r, d]['normalised_gain']:.2f}" for d in names) + " |" for r in names]
+    return "Accuracy (avg@n, %)\n\n" + "\n".join(raw) + "\n\nNormalised gain\n\n" + "\n".join(gain) + "\n"
+
+
+def plot_transfer(rows: Sequence[dict[str, Any]], names: Sequence[str], out: Path) -> list[Path]:
+    """Heatmap of the normalised gain, recipients as rows, donors as columns."""
+    import matplotlib.pyplot as plt
+
+    cell = {(r["recipient"], r["donor"]): r.get("normalised_gain", math.nan) for r in rows}
+    grid = [[cell[r, d] for d in names] for r in names]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 1.1 * len(names) + 1.5))
+    import numpy as np
+
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")  # n/a: the recipient's own vector did not beat its base model
+    values = np.ma.masked_invalid(np.array(grid, dtype=float))
+    image = ax.imshow(values, cmap=cmap, vmin=min(0.0, float(values.min()) if values.count() else 0.0), vmax=1.0)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            nan = value != value
+            ax.text(j, i, "n/a" if nan else f"{value:.2f}", ha="center", va="center",
+                    color="black" if nan or value >= 0.6 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("donor vector")
+    ax.set_ylabel("recipient model")
+    ax.set_title("normalised gain (1 = as good as the recipient's own vector)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return save_figure(fig, out / "transfer")
