@@ -139,6 +139,15 @@ def _analyze_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_persistence(args: argparse.Namespace) -> int:
+    from rlsteer.analysis.persistence import PersistenceConfig, run_persistence
+
+    cfg = PersistenceConfig(text=args.text, reference=args.reference, max_new_tokens=args.max_new_tokens)
+    run_persistence(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=args.prompts,
+                    template=args.template, model_spec=args.model, cfg=cfg, out=args.out, device=args.device)
+    return 0
+
+
 def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
     """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
     from rlsteer.config import EvalConfig, load_config, preset_path
@@ -276,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(k)
     k.add_argument("--out", default="analysis/transfer", help="output folder (default: analysis/transfer)")
     k.set_defaults(run=_analyze_transfer, items=[])
+
+    k = kinds.add_parser("persistence", help="Diff-Diff / Diff-Vector of stacked single-layer vectors (paper Fig. 2, "
+                                             "3, App. D)")
+    k.add_argument("vectors", type=Path, help="stacked single-layer vectors (resid_post at each injection layer)")
+    k.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
+    k.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
+    k.add_argument("--prompts", type=int, default=16, help="prompts (the paper: 100; default 16)")
+    k.add_argument("--template", help="prompt template (default: the vectors' training template)")
+    k.add_argument("--text", choices=("steered", "base"), default="steered",
+                   help="completions from each s_i-steered model (default, the reference) or one base completion")
+    k.add_argument("--reference", choices=("sequence", "dataset"), default="sequence",
+                   help="Diff-Diff against the per-sequence mean (default, the reference code) or the dataset mean")
+    k.add_argument("--max-new-tokens", type=int, default=512)
+    k.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
+    k.add_argument("--out", help="output folder (default: <run>/analysis/persistence)")
+    k.add_argument("--device", default="cpu")
+    k.set_defaults(run=_analyze_persistence)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
