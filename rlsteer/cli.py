@@ -148,6 +148,55 @@ def _analyze_persistence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_sweep(args: argparse.Namespace) -> int:
+    from rlsteer.analysis import sweep
+    from rlsteer.config import TrainConfig, load_config
+
+    eval_keys = ("protocol.", "engine.", "target.")
+    train_items = [x for x in args.items if not x.startswith(eval_keys)]
+    args.items = [x for x in args.items if x.startswith((*eval_keys, "model."))]
+    _, eval_cfg = _eval_config(args)
+    root = Path(args.out)
+    if args.mode == "scale":
+        scales = [float(x) for x in args.scales.split(",")]
+        sweep.run_scale(eval_cfg, Path(args.source), scales, root)
+        return 0
+    train_cfg = load_config(TrainConfig, args.source, train_items)
+    if args.mode == "layers":
+        if args.layers == "all":
+            from transformers import AutoConfig
+
+            from rlsteer.models import model_folder
+
+            config = AutoConfig.from_pretrained(model_folder(train_cfg.model.name), revision=train_cfg.model.revision)
+            layers = list(range(int(config.get_text_config().num_hidden_layers)))
+        else:
+            layers = [int(x) for x in args.layers.split(",")]
+        if args.emit_jobs:
+            script = sweep.job_script(list(sweep.layer_configs(train_cfg, layers, root).values()), root)
+            return _write_jobs(root, script)
+        sweep.run_layer_sweep(train_cfg, eval_cfg, layers, root, all_layers=args.all_layers)
+        return 0
+    if args.layer is None:
+        raise RlsteerError("orthogonal mode needs --layer")
+    if args.emit_jobs:
+        print("the orthogonal series is sequential (each run needs the ones before it); run it without --emit-jobs",
+              file=sys.stderr)
+        return 2
+    sweep.run_orthogonal(train_cfg, eval_cfg, args.layer, args.count, root, original=args.original)
+    return 0
+
+
+def _write_jobs(root: Path, script: str) -> int:
+    from rlsteer.analysis.output import write_atomically
+
+    write_atomically(root / "jobs.sh", script)
+    (root / "jobs.sh").chmod(0o755)
+    print(f"{script.count('rlsteer train')} jobs in {root / 'jobs.sh'}; when they are done, run the same command "
+          "without --emit-jobs to evaluate, stack and plot")
+    return 0
+
+
 def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
     """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
     from rlsteer.config import EvalConfig, load_config, preset_path
@@ -302,6 +351,26 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", help="output folder (default: <run>/analysis/persistence)")
     k.add_argument("--device", default="cpu")
     k.set_defaults(run=_analyze_persistence)
+
+    k = kinds.add_parser("sweep", help="per-layer vectors (Fig. 1), orthogonal series (Fig. 12) or a scale sweep",
+                         description="layers/orthogonal: SOURCE is a training config or preset (train overrides go "
+                                     "in KEY=VALUE too); scale: SOURCE is a vector file.")
+    k.add_argument("mode", choices=("layers", "orthogonal", "scale"))
+    k.add_argument("source", help="a training config/preset (layers, orthogonal) or a vector file (scale)")
+    k.add_argument("items", nargs="*", metavar="KEY=VALUE",
+                   help="overrides: protocol.*/engine.*/target.* go to the evaluation, model.* to both, the rest "
+                        "to training")
+    k.add_argument("--layers", default="all", help="layers mode: comma-separated layers or 'all' (default)")
+    k.add_argument("--all-layers", type=Path, help="layers mode: an all-layer run's vector file for the baseline")
+    k.add_argument("--emit-jobs", action="store_true",
+                   help="layers/orthogonal: write one resumable 'rlsteer train' line per run to OUT/jobs.sh and stop")
+    k.add_argument("--layer", type=int, help="orthogonal mode: the layer")
+    k.add_argument("--count", type=int, default=2, help="orthogonal mode: vectors to train (default 2)")
+    k.add_argument("--original", type=Path, help="orthogonal mode: an existing vector the series starts from")
+    k.add_argument("--scales", default="0,0.5,1,1.5,2", help="scale mode: multipliers (default 0,0.5,1,1.5,2)")
+    _protocol_flags(k)
+    k.add_argument("--out", required=True, help="the sweep's folder (runs, evaluations, records, figures)")
+    k.set_defaults(run=_analyze_sweep)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

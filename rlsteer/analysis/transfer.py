@@ -132,8 +132,7 @@ def plot_transfer(rows: Sequence[dict[str, Any]], names: Sequence[str], out: Pat
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 1.1 * len(names) + 1.5))
     import numpy as np
 
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")  # n/a: the recipient's own vector did not beat its base model
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # n/a: the own vector did not beat the base
     values = np.ma.masked_invalid(np.array(grid, dtype=float))
     image = ax.imshow(values, cmap=cmap, vmin=min(0.0, float(values.min()) if values.count() else 0.0), vmax=1.0)
     for i, row in enumerate(grid):
