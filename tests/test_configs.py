@@ -11,7 +11,8 @@ from rlsteer.config import TrainConfig, load_config
 from rlsteer.metrics import read_metrics
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "eval")
+EVAL_PROTOCOLS = sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -19,6 +20,14 @@ def test_preset_dry_run_resolves_without_loading_a_model(path, capsys):
     assert main(["train", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# resolved config") and "optim:" in out and "rl:" in out
+
+
+@pytest.mark.parametrize("name", EVAL_PROTOCOLS)
+def test_eval_protocols_resolve(name, capsys):
+    assert EVAL_PROTOCOLS == ["gsm8k", "paper", "paper-greedy"]
+    assert main(["eval", "--protocol", name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# resolved eval config") and "protocol:" in out and "seeds:" in out
 
 
 def test_paper_recipes_match_the_authors():
