@@ -226,7 +226,8 @@ def _analyze_token_shift(args: argparse.Namespace) -> int:
     from rlsteer.analysis.token_shift import ShiftConfig, run_token_shift
 
     cfg = ShiftConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    run_token_shift(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=args.prompts,
+    prompts = args.prompts or (1000 if args.device.startswith("cuda") else 32)
+    run_token_shift(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=prompts,
                     template=args.template, model_spec=args.model, highlight=args.highlight, cfg=cfg, out=args.out,
                     device=args.device)
     return 0
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("vectors", type=Path, help="a vector file")
     k.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
     k.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
-    k.add_argument("--prompts", type=int, default=32, help="prompts sampled (paper: 1000 on GPU; default 32)")
+    k.add_argument("--prompts", type=int, help="prompts sampled (default: 1000 as in the paper on a GPU, 32 on CPU)")
     k.add_argument("--template", help="prompt template (default: the vectors' training template)")
     k.add_argument("--highlight", help='a token whose Δp at position 0 gets its own box, e.g. "To"')
     k.add_argument("--max-new-tokens", type=int, default=1024)
