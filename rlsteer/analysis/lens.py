@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlsteer.analysis.inputs import load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.steering.vectors import SteeringVectors
@@ -126,13 +127,8 @@ def run_lens(vectors_path: str | Path, *, model_spec: str | None = None, k: int 
     """``rlsteer analyze lens``: records, a Table-8 markdown, stats and figures into ``analysis/lens``."""
     import json
 
-    from rlsteer.models import DEFAULT_MODEL, load_model
-    from rlsteer.steering.vectors import read_vector_file
-
     path = Path(vectors_path)
-    spec = model_spec or read_vector_file(path)[1].get("model") or DEFAULT_MODEL
-    model, tok = load_model(spec, device=device)
-    vectors = SteeringVectors.load(path, model)
+    model, tok, vectors, _ = load_with_vectors(path, model_spec, device)
     folder = analysis_dir(path, "lens", out)
     records = logit_lens(vectors, model, tok, k=k, final_norm=final_norm)
     stats = vector_stats(vectors)

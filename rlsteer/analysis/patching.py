@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rlsteer.analysis.inputs import with_vector_defaults
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.evaluate import EvalSession
 from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES
-from rlsteer.steering.vectors import read_vector_file
 
 BASELINES = ("base", "full", "skip_attn", "skip_layer")
 VARIANTS = (*BASELINES, "steer_q", "steer_k", "steer_v", "steer_head", "skip_head")
@@ -50,9 +50,8 @@ def patch_plan(n_heads: int, n_kv_heads: int, variants: Sequence[str] = VARIANTS
 def patching_config(cfg: EvalConfig, vectors: Path, layer: int | None, variant: str, head: int | None,
                     out: Path) -> EvalConfig:
     """The evaluation of one (variant, head); ``base`` evaluates the model without the vector."""
-    meta = read_vector_file(vectors)[1]
-    template = cfg.target.template or meta.get("template") or "qwen-math"
-    model = replace(cfg.model, name=cfg.model.name or meta.get("model") or None)
+    cfg = with_vector_defaults(cfg, vectors)
+    model, template = cfg.model, cfg.target.template
     if variant == "base":
         target = TargetSection(prefix="", template=template)
     else:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.rollout import HFBackend, Request, SamplingParams
@@ -243,17 +244,9 @@ def run_persistence(vectors_path: str | Path, *, dataset: str = "math_train", da
                     cfg: PersistenceConfig = PersistenceConfig(), out: str | Path | None = None, device: str = "cpu",
                     log: Callable[[str], None] = print) -> Path:
     """``rlsteer analyze persistence``: records, Appendix-D tables, Fig. 2 lines and the Fig. 3 matrix."""
-    from rlsteer.data import load_problems
-    from rlsteer.models import DEFAULT_MODEL, load_model
-    from rlsteer.steering.vectors import read_vector_file
-    from rlsteer.templates import build_prompt
-
     path = Path(vectors_path)
-    meta = read_vector_file(path)[1]
-    model, tok = load_model(model_spec or meta.get("model") or DEFAULT_MODEL, device=device)
-    vectors = SteeringVectors.load(path, model)
-    problems = load_problems(dataset, data_dir=data_dir, limit=prompts, shuffle_seed=0)
-    built = [build_prompt(tok, p.problem, template or meta.get("template", "qwen-math")) for p in problems]
+    model, tok, vectors, meta = load_with_vectors(path, model_spec, device)
+    built = analysis_prompts(dataset, prompts, tok, template or meta.get("template"), data_dir=data_dir)
     result = persistence(model, tok, vectors, built, cfg)
     folder = analysis_dir(path, "persistence", out)
     write_records(folder / "persistence", result["records"])

@@ -15,19 +15,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rlsteer.analysis.inputs import with_vector_defaults
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.evaluate import EvalSession, compare_table
-from rlsteer.steering.vectors import read_vector_file
 
 MODES = ("greedy", "sampled")
 
 
 def prefix_configs(cfg: EvalConfig, vectors: Path, prefix: str, out: Path) -> dict[tuple[str, str], EvalConfig]:
     """(mode, condition) → the evaluation config; conditions ``base``, ``base + {prefix}``, ``steered``."""
-    meta = read_vector_file(vectors)[1]
-    model = replace(cfg.model, name=cfg.model.name or meta.get("model") or None)
-    template = cfg.target.template or meta.get("template") or "qwen-math"
+    cfg = with_vector_defaults(cfg, vectors)
+    model, template = cfg.model, cfg.target.template
     conditions = {"base": TargetSection(prefix="", template=template),
                   f"base + {prefix}": TargetSection(prefix=prefix, template=template),
                   "steered": TargetSection(vectors=str(vectors), prefix="", template=template)}

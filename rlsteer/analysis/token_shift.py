@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
-from rlsteer.steering.vectors import SteeringVectors
 
 
 @dataclass(frozen=True)
@@ -220,18 +220,10 @@ def run_token_shift(vectors_path: str | Path, *, dataset: str = "math_train", da
                     highlight: str | None = None, cfg: ShiftConfig = ShiftConfig(), out: str | Path | None = None,
                     device: str = "cpu", log: Callable[[str], None] = print) -> Path:
     """``rlsteer analyze token-shift``: records, token groups, first-position table, box plots, HTML case study."""
-    from rlsteer.data import load_problems
-    from rlsteer.models import DEFAULT_MODEL, load_model
-    from rlsteer.steering.vectors import read_vector_file
-    from rlsteer.templates import build_prompt
-
     path = Path(vectors_path)
-    meta = read_vector_file(path)[1]
-    model, tok = load_model(model_spec or meta.get("model") or DEFAULT_MODEL, device=device)
-    vectors = SteeringVectors.load(path, model)
-    problems = load_problems(dataset, data_dir=data_dir, limit=prompts, shuffle_seed=0)
-    built = [build_prompt(tok, p.problem, template or meta.get("template", "qwen-math"), meta.get("prefix"))
-             for p in problems]
+    model, tok, vectors, meta = load_with_vectors(path, model_spec, device)
+    built = analysis_prompts(dataset, prompts, tok, template or meta.get("template"), data_dir=data_dir,
+                             prefix=meta.get("prefix"))
     records, kept = token_shifts(model, tok, vectors, built, cfg, track=(highlight,) if highlight else ())
     if not records:
         raise ValueError(f"none of the {len(built)} completions ended with a stop token; raise max_new_tokens")
