@@ -197,11 +197,27 @@ def _write_jobs(root: Path, script: str) -> int:
     return 0
 
 
+def split_benchmarks(text: str) -> list[str]:
+    """Comma-separated benchmarks; commas inside a dataset spec's options stay with it.
+
+    Example:
+        >>> split_benchmarks("gsm8k,synthetic-arithmetic:n=64,digits=1,math500")
+        ['gsm8k', 'synthetic-arithmetic:n=64,digits=1', 'math500']
+    """
+    items: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if items and "=" in piece and ":" not in piece and ":" in items[-1]:
+            items[-1] += "," + piece  # another key=value option of the spec before
+        elif piece:
+            items.append(piece)
+    return items
+
+
 def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[Path, Any]:
     """The protocol file and the EvalConfig that ``--protocol``, the flags and KEY=VALUE items describe."""
     from rlsteer.config import EvalConfig, load_config, preset_path
 
-    flags = {"protocol.benchmarks": f"[{args.benchmarks}]" if args.benchmarks else None,
+    flags = {"protocol.benchmarks": json.dumps(split_benchmarks(args.benchmarks)) if args.benchmarks else None,
              "protocol.limit": args.limit, "protocol.seeds": f"[{args.seeds}]" if args.seeds else None,
              "model.name": args.model, "engine.backend": args.backend,
              **{f"target.{k}": getattr(args, a, None) for k, a in (
