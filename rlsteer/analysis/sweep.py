@@ -150,7 +150,8 @@ def plot_layers(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     ax.errorbar([p[0] for p in per_layer], [100 * p[1] for p in per_layer], yerr=[100 * p[2] for p in per_layer],
                 marker="o", capsize=2, label="single-layer vector")
     styles = {("base", False): ("tab:gray", ":", "base (T = {t:g})"), ("base", True): ("black", "--", "base (greedy)"),
-              ("all-layers", False): ("tab:red", "-.", "all-layer vector")}
+              ("all-layers", False): ("tab:red", "-.", "all-layer vector"),
+              ("all-layers", True): ("tab:red", "-.", "all-layer vector")}
     for r in rows:
         key = (r["label"], r["temperature"] == 0)
         if key in styles:
