@@ -180,9 +180,8 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
     if args.layer is None:
         raise RlsteerError("orthogonal mode needs --layer")
     if args.emit_jobs:
-        print("the orthogonal series is sequential (each run needs the ones before it); run it without --emit-jobs",
-              file=sys.stderr)
-        return 2
+        raise RlsteerError("the orthogonal series is sequential (each run needs the ones before it); run it "
+                           "without --emit-jobs")
     sweep.run_orthogonal(train_cfg, eval_cfg, args.layer, args.count, root, original=args.original)
     return 0
 
