@@ -81,7 +81,7 @@ def run_patching(cfg: EvalConfig, vectors: str | Path, *, layer: int | None = No
                          **{f"avg[{b}]": v for b, v in per_bench.items()}})
     write_records(folder / "patching", rows)
     write_atomically(folder / "patching.md", patching_table(rows))
-    figures = plot_patching(rows, folder, title=f"{path.name}: patched into the block it feeds")
+    figures = plot_patching(rows, folder, title=f"{path.parent.name}/{path.name}: patched into the block it feeds")
     log(patching_table(rows))
     log(f"→ {folder} ({', '.join(p.name for p in figures)})")
     return folder
