@@ -98,6 +98,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_flags(p: argparse.ArgumentParser, kind: str) -> None:
+    """The flags of analyses that sample from the model themselves (token-shift, persistence)."""
+    p.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
+    p.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
+    p.add_argument("--template", help="prompt template (default: the vectors' training template)")
+    p.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
+    p.add_argument("--out", help=f"output folder (default: <run>/analysis/{kind})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+
+
 def _protocol_flags(p: argparse.ArgumentParser) -> None:
     """The evaluation-protocol flags analyses share with ``rlsteer eval``."""
     p.add_argument("--protocol", default="gsm8k", help="protocol preset (paper, paper-greedy, gsm8k) or a YAML file")
@@ -312,17 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     k = kinds.add_parser("token-shift", help="Δp: which tokens the vectors promote, per generation position "
                                              "(paper Fig. 4, 6)")
     k.add_argument("vectors", type=Path, help="a vector file")
-    k.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
-    k.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
+    _prompt_flags(k, "token-shift")
     k.add_argument("--prompts", type=int, help="prompts sampled (default: 1000 as in the paper on a GPU, 32 on CPU)")
-    k.add_argument("--template", help="prompt template (default: the vectors' training template)")
     k.add_argument("--highlight", help='a token whose Δp at position 0 gets its own box, e.g. "To"')
     k.add_argument("--max-new-tokens", type=int, default=1024)
     k.add_argument("--temperature", type=float, default=1.0)
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
-    k.add_argument("--out", help="output folder (default: <run>/analysis/token-shift)")
-    k.add_argument("--device", default="cpu")
     k.set_defaults(run=_analyze_token_shift)
 
     k = kinds.add_parser("prefix", help="base vs base + prefix token vs steered, greedy and sampled (paper Fig. 4 "
@@ -354,18 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = kinds.add_parser("persistence", help="Diff-Diff / Diff-Vector of stacked single-layer vectors (paper Fig. 2, "
                                              "3, App. D)")
     k.add_argument("vectors", type=Path, help="stacked single-layer vectors (resid_post at each injection layer)")
-    k.add_argument("--dataset", default="math_train", help="prompts: a registry name or file (default math_train)")
-    k.add_argument("--data-dir", help="where registry names are read (default $RLSTEER_DATA_DIR)")
+    _prompt_flags(k, "persistence")
     k.add_argument("--prompts", type=int, default=16, help="prompts (the paper: 100; default 16)")
-    k.add_argument("--template", help="prompt template (default: the vectors' training template)")
     k.add_argument("--text", choices=("steered", "base"), default="steered",
                    help="completions from each s_i-steered model (default, the reference) or one base completion")
     k.add_argument("--reference", choices=("sequence", "dataset"), default="sequence",
                    help="Diff-Diff against the per-sequence mean (default, the reference code) or the dataset mean")
     k.add_argument("--max-new-tokens", type=int, default=512)
-    k.add_argument("--model", help="model spec (default: the one recorded in the vector file)")
-    k.add_argument("--out", help="output folder (default: <run>/analysis/persistence)")
-    k.add_argument("--device", default="cpu")
     k.set_defaults(run=_analyze_persistence)
 
     k = kinds.add_parser("sweep", help="per-layer vectors (Fig. 1), orthogonal series (Fig. 12) or a scale sweep",
