@@ -258,6 +258,14 @@ def _analyze_token_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rlsteer.report import build_report
+
+    path = build_report(args.runs, args.out or args.runs[0] / "report.html")
+    print(f"report: {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
@@ -387,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(k)
     k.add_argument("--out", required=True, help="the sweep's folder (runs, evaluations, records, figures)")
     k.set_defaults(run=_analyze_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML page from runs' records (no model needed)")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument("--out", type=Path, help="the HTML file (default: <first run>/report.html)")
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")

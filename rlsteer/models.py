@@ -76,8 +76,9 @@ def load_model(
     """Load ``(model, tokenizer)``: the model in eval mode with every weight frozen.
 
     Args:
-        spec: a built-in alias (see :func:`aliases`), a local model folder, a local ``.gguf`` file, or a
-            hub id ``owner/name`` (needs network or a populated HF cache).
+        spec: a built-in alias (see :func:`aliases`; ``tiny-random-llama@seed=3`` picks a tiny model's
+            seed, the form its vector files record), a local model folder, a local ``.gguf`` file, or a hub id
+            ``owner/name`` (needs network or a populated HF cache).
         dtype: the weights' dtype (``torch.bfloat16`` or ``"bfloat16"`` …).
         device: where to put the model.
         revision: hub revision (branch, tag or commit) for hub ids.
@@ -85,7 +86,7 @@ def load_model(
         seed: weights seed for ``tiny-random-*`` aliases (ignored otherwise).
     """
     dtype = _as_dtype(dtype)
-    text = os.fspath(spec)
+    text, seed = _tiny_seed(os.fspath(spec), seed)
     if text in _TINY:
         model, tok = _tiny_random(text, seed=seed)
         source = f"{text}@seed={seed}"
@@ -134,7 +135,7 @@ def model_folder(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, seed: int = 0)
         >>> Path(model_folder("tiny-random-qwen2"), "config.json").is_file()
         True
     """
-    text = os.fspath(spec)
+    text, seed = _tiny_seed(os.fspath(spec), seed)
     if text in _TINY:
         config = _tiny_config(_TINY[text], smollm2_tokenizer()).to_json_string(use_diff=False)
         key = hashlib.sha256(config.encode()).hexdigest()[:12]  # a changed recipe never reuses stale weights
@@ -163,6 +164,14 @@ def model_folder(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, seed: int = 0)
         return text
     raise ModelLoadError(f"unknown model {text!r}: not a built-in alias ({', '.join(aliases())}), an existing path, "
                          "or a hub id of the form owner/name")
+
+
+def _tiny_seed(text: str, seed: int) -> tuple[str, int]:
+    """``tiny-random-x@seed=N`` (the identity a tiny model records) → (``tiny-random-x``, N)."""
+    alias, sep, seed_text = text.partition("@seed=")
+    if sep and alias in _TINY and seed_text.isdigit():
+        return alias, int(seed_text)
+    return text, seed
 
 
 def _save_atomically(target: Path, write: Callable[[Path], object]) -> None:

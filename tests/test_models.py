@@ -137,3 +137,13 @@ def test_smollm2_cached_copy_matches_the_gguf_load():
     # the cached folder is a plain fp32 checkpoint: other loaders (vLLM) must not look for GGUF weights
     config = json.loads((Path(model_folder("smollm2-135m-instruct")) / "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_a_tiny_models_recorded_identity_loads_it_again():
+    model, _ = load_model("tiny-random-llama", seed=3)
+    source = model_identity(model)["model"]
+    assert source == "tiny-random-llama@seed=3"
+    again, _ = load_model(source)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    other, _ = load_model("tiny-random-llama")
+    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)

@@ -1,0 +1,40 @@
+"""The report: built from records only, self-contained, and graceful when analyses or evaluations are missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlsteer.cli import main
+from rlsteer.report import ReportError, build_report
+from tests.test_evaluate import toy_benchmark
+from tests.test_train import smoke
+
+
+def test_a_trained_evaluated_and_analysed_run(tmp_path, capsys):
+    from rlsteer.train import train
+
+    run = train(smoke(tmp_path / "run", "rl.steps=3", "run.checkpoint_every=3"), log=lambda _: None)
+    assert main(["eval", str(run), "--benchmarks", str(toy_benchmark(tmp_path / "toy.jsonl", 2)), "--seeds", "0",
+                 "protocol.max_new_tokens=3", "engine.reward_workers=0"]) == 0
+    assert main(["analyze", "lens", str(run / "vectors.safetensors"), "--k", "3"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {run / 'report.html'}"
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # training curves + the two lens figures, embedded
+    assert "<h4>eval/latest</h4>" in page and "<td>toy</td>" in page
+    assert "paper Table 8" in page and "logit-lens tables" in page
+    assert "src=\"http" not in page and "src='http" not in page  # nothing fetched from elsewhere
+
+
+def test_missing_parts_are_said_not_fatal(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward_mean": -1.0, "accuracy": 0.0, "len_mean": 2,
+                                                   "truncated": 1.0, "norm/resid_post.3": 0.0}) + "\n")
+    page = build_report([run], tmp_path / "r.html").read_text()
+    assert "No evaluations yet" in page and "No analyses yet" in page and "Reward -1.000" in page
+    with pytest.raises(ReportError, match="not a directory"):
+        build_report([tmp_path / "nope"], tmp_path / "r.html")
