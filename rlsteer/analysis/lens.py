@@ -93,7 +93,8 @@ def plot_lens(vectors: SteeringVectors, model: nn.Module, stats: dict[str, Any],
     entries = vectors.entries
     cols = min(6, len(entries))
     rows = math.ceil(len(entries) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.8 * rows), squeeze=False, sharex=True)
+    size = (max(5.5, 2.2 * cols), max(3.6, 1.8 * rows))
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, sharex=True)
     with torch.no_grad():
         for ax, entry in zip(axes.flat, entries, strict=False):
             cos, _ = lens_scores(vectors.vector(entry).to(unembed.device), unembed, norm)
