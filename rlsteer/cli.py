@@ -152,7 +152,9 @@ def _analyze_transfer(args: argparse.Namespace) -> int:
 def _analyze_persistence(args: argparse.Namespace) -> int:
     from rlsteer.analysis.persistence import PersistenceConfig, run_persistence
 
-    cfg = PersistenceConfig(text=args.text, reference=args.reference, max_new_tokens=args.max_new_tokens)
+    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+    cfg = PersistenceConfig(text=args.text, reference=args.reference, max_new_tokens=args.max_new_tokens,
+                            layers=layers)
     run_persistence(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=args.prompts,
                     template=args.template, model_spec=args.model, cfg=cfg, out=args.out, device=args.device)
     return 0
@@ -374,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--reference", choices=("sequence", "dataset"), default="sequence",
                    help="Diff-Diff against the per-sequence mean (default, the reference code) or the dataset mean")
     k.add_argument("--max-new-tokens", type=int, default=512)
+    k.add_argument("--layers", help="inject only at these comma-separated layers (default: every entry); the "
+                                    "way to probe an all-layer vector at a few layers")
     k.set_defaults(run=_analyze_persistence)
 
     k = kinds.add_parser("sweep", help="per-layer vectors (Fig. 1), orthogonal series (Fig. 12) or a scale sweep",

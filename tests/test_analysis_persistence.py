@@ -9,6 +9,7 @@ import torch
 
 from rlsteer.analysis.persistence import PersistenceConfig, capture_blocks, persistence
 from rlsteer.cli import main
+from rlsteer.errors import RlsteerError
 from rlsteer.steering import SteeringVectors, steer
 from rlsteer.templates import build_prompt
 
@@ -83,3 +84,16 @@ def test_cli_writes_tables_and_both_figures(tmp_path, capsys):
     assert {"persistence.jsonl", "persistence.csv", "persistence.md", "shift_cosines.json", "persistence.png",
             "persistence.pdf", "shift_cosines.png", "shift_cosines.pdf"} <= {p.name for p in out.iterdir()}
     assert "Diff-Diff (sequence mean)" in capsys.readouterr().out
+
+
+def test_a_few_injection_layers_of_an_all_layer_vector(tiny):
+    model, tok = tiny("llama")
+    prompts = [build_prompt(tok, QUESTIONS[0], "qwen-math")]
+    result = persistence(model, tok, stacked(), prompts, PersistenceConfig(max_new_tokens=4, layers=(1, 3)),
+                         progress=False)
+    assert result["injections"] == [1, 3] and result["passes"] == 2 * 2
+    records = {(r["injection"], r["layer"]): r for r in result["records"]}
+    assert set(records) == {(1, 1), (1, 2), (1, 3), (3, 3)}
+    assert records[1, 2]["diff_vector"] is not None  # compared with s_2 although s_2 was not injected
+    with pytest.raises(RlsteerError, match="no resid_post vector at layer"):
+        persistence(model, tok, stacked(), prompts, PersistenceConfig(layers=(7,)), progress=False)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
+from rlsteer.errors import RlsteerError
 from rlsteer.rollout import HFBackend, Request, SamplingParams
 from rlsteer.steering.hooks import first, steer
 from rlsteer.steering.sites import Entry
@@ -56,6 +57,8 @@ class PersistenceConfig:
         text: ``steered`` (one completion per prompt from each s_i-steered model, the reference) or ``base``.
         reference: Diff-Diff against the ``sequence`` mean (the reference's code) or the ``dataset`` mean.
         max_new_tokens, temperature, seed: how completions are sampled.
+        layers: inject only at these layers (default: every ``resid_post`` entry); Diff-Vector still compares
+            with every later entry the file has, so an all-layer vector can be probed at a few layers.
     """
 
     text: Literal["steered", "base"] = "steered"
@@ -63,6 +66,7 @@ class PersistenceConfig:
     max_new_tokens: int = 512
     temperature: float = 1.0
     seed: int = 0
+    layers: tuple[int, ...] | None = None
 
 
 def cosine_sum(units: torch.Tensor, direction: torch.Tensor) -> float:
@@ -124,8 +128,11 @@ def persistence(model: nn.Module, tokenizer: Any, vectors: SteeringVectors, prom
     stack = {e.layer: v.detach().float() for e, v in vectors.vectors().items()
              if e.site == "resid_post" and e.head is None}
     if not stack:
-        raise ValueError("persistence needs resid_post vectors (one per injection layer)")
-    injections = sorted(stack)
+        raise RlsteerError("persistence needs resid_post vectors (one per injection layer)")
+    injections = sorted(stack) if cfg.layers is None else sorted(set(cfg.layers))
+    missing = [i for i in injections if i not in stack]
+    if missing:
+        raise RlsteerError(f"no resid_post vector at layer(s) {missing}; the file has layers {sorted(stack)}")
     L = arch.n_layers
     device = next(model.parameters()).device
     sums = _Sums(injections, L, arch.d_model)

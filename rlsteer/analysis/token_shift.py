@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
 from rlsteer.architectures import architecture_of
+from rlsteer.errors import RlsteerError
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
 
@@ -139,7 +140,7 @@ def token_shifts(model: nn.Module, tokenizer: Any, vectors: Any, prompts: Sequen
 def _single_token(tokenizer: Any, text: str) -> int:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer; track a single token")
+        raise RlsteerError(f"{text!r} is {len(ids)} tokens for this tokenizer; track a single token")
     return int(ids[0])
 
 
@@ -226,7 +227,7 @@ def run_token_shift(vectors_path: str | Path, *, dataset: str = "math_train", da
                              prefix=meta.get("prefix"))
     records, kept = token_shifts(model, tok, vectors, built, cfg, track=(highlight,) if highlight else ())
     if not records:
-        raise ValueError(f"none of the {len(built)} completions ended with a stop token; raise max_new_tokens")
+        raise RlsteerError(f"none of the {len(built)} completions ended with a stop token; raise max_new_tokens")
     folder = analysis_dir(path, "token-shift", out)
     write_records(folder / "positions", records)
     groups = group_by_token(records)
