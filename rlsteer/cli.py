@@ -111,7 +111,8 @@ def _prompt_flags(p: argparse.ArgumentParser, kind: str) -> None:
 def _protocol_flags(p: argparse.ArgumentParser) -> None:
     """The evaluation-protocol flags analyses share with ``rlsteer eval``."""
     p.add_argument("--protocol", default="gsm8k", help="protocol preset (paper, paper-greedy, gsm8k) or a YAML file")
-    p.add_argument("--benchmarks", help="comma-separated benchmarks or dataset files")
+    p.add_argument("--benchmarks", help="comma-separated benchmarks, dataset files or NAME=SPEC "
+                                        "(e.g. sums=synthetic-arithmetic:n=64)")
     p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
     p.add_argument("--seeds", help="comma-separated evaluation seeds")
     p.add_argument("--model", help="model spec (default: the vectors' model)")
@@ -271,7 +272,7 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(model=args.model, out_dir=args.out, steps=args.steps))
+    run_demo(DemoConfig(model=args.model, out_dir=args.out, steps=args.steps, eval_problems=args.eval_problems))
     return 0
 
 
@@ -401,14 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(run=_analyze_sweep)
 
     p = sub.add_parser("report", help="one self-contained HTML page from runs' records (no model needed)")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories, or folders of runs (e.g. runs/demo)")
     p.add_argument("--out", type=Path, help="the HTML file (default: <first run>/report.html)")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("demo", help="the newcomer's first run: train and compare a steering vector on CPU, offline")
+    p = sub.add_parser("demo", help="the paper in ten minutes on a CPU: train, evaluate, analyse, report (offline)",
+                       description="Train a last-layer and an all-layer steering vector with RLOO on one-digit "
+                                   "additions, evaluate base / base + 'To' / steered, run the logit lens, Δp and "
+                                   "persistence, and write OUT/report.html. A second run reuses finished work.")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=12, help="RLOO steps (default 12, ~5 minutes on 2 cores)")
+    p.add_argument("--steps", type=int, default=12, help="RLOO steps per vector (default 12)")
+    p.add_argument("--eval-problems", type=int, default=64, help="held-out additions per evaluation (default 64)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("models", help="list the built-in model aliases and supported architectures")

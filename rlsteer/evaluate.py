@@ -340,10 +340,19 @@ def _score(keys: Sequence[tuple[int, int]], rollouts: Sequence[Rollout], problem
 
 
 def benchmark_specs(benchmarks: Sequence[str]) -> dict[str, str]:
-    """Short name → dataset spec: registry names stay, files go by their stem, other specs are sanitised."""
+    """Short name → dataset spec: registry names stay, files go by their stem, ``NAME=SPEC`` is named NAME,
+    other specs are sanitised.
+
+    Example:
+        >>> benchmark_specs(["gsm8k", "sums=synthetic-arithmetic:n=8"])
+        {'gsm8k': 'gsm8k', 'sums': 'synthetic-arithmetic:n=8'}
+    """
     names: dict[str, str] = {}
     for spec in benchmarks:
-        if spec in REGISTRY:
+        named = re.fullmatch(r"([A-Za-z0-9_.-]+)=(.+)", spec)
+        if named and not Path(spec).expanduser().exists():
+            name, spec = named.groups()
+        elif spec in REGISTRY:
             name = spec
         elif Path(spec).expanduser().exists():
             name = Path(spec).stem

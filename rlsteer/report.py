@@ -1,12 +1,16 @@
-"""``rlsteer report RUN_DIR…``: one self-contained HTML page from the records runs already hold (no model).
+"""``rlsteer report DIR…``: one self-contained HTML page from the records runs already hold (no model).
 
-For each run: what was trained (model, sites, steps, template), the training curves (reward, accuracy,
-completion length, truncation, vector norms) drawn from ``metrics.jsonl``, every evaluation under
-``eval/`` as a table with its protocol, and every analysis figure under ``analysis/`` with one sentence on
-how to read it and the paper figure it corresponds to. Images are embedded, so the file can be mailed.
+Each DIR is a run (it has ``config.yaml`` or ``metrics.jsonl``) or a folder of runs, such as the demo's
+``runs/demo``. A folder gets an overview first: every run's reward curve in one plot, and every evaluation
+found under it side by side (one table and bar chart per protocol). Then, for each run: what was trained
+(model, sites, steps, template), the training curves (reward, accuracy, completion length, truncation,
+vector norms) drawn from ``metrics.jsonl``, every evaluation under ``eval/`` as a table with its protocol,
+and every analysis figure under ``analysis/`` with one sentence on how to read it and the paper figure it
+corresponds to, plus the top Δp tokens and the Δp case study. Images and the case study are embedded, so the
+file can be mailed.
 
 Example:
-    >>> build_report(["runs/demo/train"], "runs/demo/report.html")  # doctest: +SKIP
+    >>> build_report(["runs/demo"], "runs/demo/report.html")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlsteer.analysis.output import write_atomically
 from rlsteer.errors import RlsteerError
 
 #: (analysis folder kind, figure stem) → how to read it, and its paper counterpart
@@ -59,9 +64,6 @@ def _img(data: bytes, alt: str) -> str:
 
 def training_figure(metrics: Sequence[dict[str, Any]]) -> bytes:
     """PNG: reward and accuracy, completion length and truncation, and vector norms per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [m["step"] for m in metrics]
@@ -81,10 +83,118 @@ def training_figure(metrics: Sequence[dict[str, Any]]) -> bytes:
     axes[2].set_title(f"vector norms ({len(norms)} entries)")
     for ax in axes:
         ax.set_xlabel("step")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file()
+
+
+def is_folder(path: Path) -> bool:
+    """A folder of runs or evaluations rather than one run."""
+    return not is_run(path) and (any(is_run(d) for d in path.iterdir() if d.is_dir())
+                                 or next(path.rglob("results.json"), None) is not None)
+
+
+def eval_label(root: Path, results_json: Path) -> str:
+    """An evaluation's name in a folder: its path below ``root`` without the ``eval`` parts."""
+    parts = [p for p in results_json.parent.relative_to(root).parts if p != "eval"]
+    return "/".join(parts) or results_json.parent.name
+
+
+def reward_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
+    """PNG: the mean reward per step of several runs in one plot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for name, metrics in curves:
+        ax.plot([m["step"] for m in metrics], [m["reward_mean"] for m in metrics], marker=".", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("training reward per run")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def comparison_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
+    """PNG: avg@n (mean ± std over seeds) per evaluation, one panel per benchmark."""
+    import matplotlib.pyplot as plt
+
+    benches = list(dict.fromkeys(b for _, r in rows for b in r["benchmarks"]))
+    fig, axes = plt.subplots(1, len(benches), figsize=(max(4.5, 3.2 * len(benches)), 0.45 * len(rows) + 1.4),
+                             squeeze=False, sharey=True)
+    labels = [label for label, _ in rows]
+    for ax, bench in zip(axes[0], benches, strict=True):
+        cells = [r["benchmarks"].get(bench, {}).get("avg", {"mean": 0.0, "std": 0.0}) for _, r in rows]
+        means = [100 * c["mean"] for c in cells]
+        bars = ax.barh(range(len(rows)), means, xerr=[100 * c["std"] for c in cells], color="tab:blue", alpha=0.8)
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], fontsize=7, padding=2)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.set_xlim(0, 105)
+        ax.set_title(bench, fontsize=9)
+        ax.set_xlabel("avg@n, %")
+    axes[0][0].invert_yaxis()
+    return _png(fig)
+
+
+def comparison_section(root: Path, results: Sequence[Path]) -> str:
+    """Every evaluation under ``root`` side by side, one table and chart per protocol."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path in results:
+        result = json.loads(path.read_text())
+        config = result.get("protocol", {}).get("config", {})
+        key = json.dumps([config.get("model", {}).get("name"), config.get("protocol")], sort_keys=True)
+        groups.setdefault(key, []).append((eval_label(root, path), result))
+    parts = []
+    for rows in groups.values():
+        config = rows[0][1].get("protocol", {}).get("config", {})
+        p = config.get("protocol", {})
+        benches = list(dict.fromkeys(b for _, r in rows for b in r["benchmarks"]))
+        head = "".join(f"<th>{html.escape(b)}</th>" for b in benches)
+        body = []
+        for label, r in rows:
+            cells = []
+            for b in benches:
+                m = r["benchmarks"].get(b, {}).get("avg")
+                cells.append(f"<td>{100 * m['mean']:.1f} ± {100 * m['std']:.1f}</td>" if m else "<td>—</td>")
+            prefix = (r.get("protocol", {}).get("config", {}).get("target", {}) or {}).get("prefix")
+            body.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(repr(prefix) if prefix else '')}</td>"
+                        + "".join(cells) + "</tr>")
+        mode = "greedy" if p.get("temperature") == 0 else f"T={p.get('temperature')}, top_p={p.get('top_p')}"
+        parts.append(f"<h3>{html.escape(str(config.get('model', {}).get('name')))}: {html.escape(mode)}, "
+                     f"{p.get('max_new_tokens')} new tokens, seeds {html.escape(str(p.get('seeds')))}</h3>"
+                     f"<table><tr><th>evaluation</th><th>prefix</th>{head}</tr>{''.join(body)}</table>"
+                     + _img(comparison_figure(rows), "evaluations side by side")
+                     + "<p class='caption'>Accuracy (avg@n, mean ± std over seeds) of each evaluation under this "
+                       "protocol: the base model, the base model with a prefix, and each steered model (paper Fig. 1 "
+                       "and Fig. 4 right compare the same way).</p>")
+    return "\n".join(parts)
+
+
+def folder_section(root: Path) -> str:
+    """The overview of a folder of runs: reward curves of every run, then every evaluation side by side."""
+    runs = [d for d in sorted(root.iterdir()) if d.is_dir() and is_run(d)]
+    parts = [f"<h2>Overview: {html.escape(str(root))}</h2>"]
+    curves = [(run.name, m) for run in runs if (m := _read_jsonl(run / "metrics.jsonl"))]
+    if curves:
+        parts.append(_img(reward_figure(curves), "training reward per run")
+                     + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
+                       "vectors start at zero, so step 1 is the base model.</p>")
+    results = sorted(root.rglob("results.json"))
+    if results:
+        parts.append(comparison_section(root, results))
+    else:
+        parts.append("<p class='missing'>No evaluations under this folder yet.</p>")
+    return "\n".join(parts + [run_section(run) for run in runs])
 
 
 def _results_table(result: dict[str, Any]) -> str:
@@ -107,6 +217,15 @@ def _results_table(result: dict[str, Any]) -> str:
         h = result["headline"]
         extra = f"<p>Six-benchmark average (avg@n): <b>{100 * h['mean']:.1f} ± {100 * h['std']:.1f}</b></p>"
     return f"{head}{''.join(rows)}</table>{extra}<p class='small'>{html.escape(note)}</p>"
+
+
+def _tokens_table(path: Path, top: int = 10) -> str:
+    """The tokens a vector promotes most (token-shift's tokens.jsonl), as a small table."""
+    rows = _read_jsonl(path)[:top]
+    cells = "".join(f"<tr><td>{html.escape(repr(r['token']))}</td><td>{r['count']}</td><td>{r['max']:+.3f}</td>"
+                    f"<td>{r['mean']:+.3f}</td></tr>" for r in rows)
+    return (f"<p>Top promoted tokens ({html.escape(str(path.parent.name))}), ranked by maximum Δp:</p><table><tr>"
+            f"<th>token</th><th>positions</th><th>max Δp</th><th>mean Δp</th></tr>{cells}</table>")
 
 
 def run_section(run_dir: Path) -> str:
@@ -156,6 +275,12 @@ def run_section(run_dir: Path) -> str:
         table = png.with_suffix(".md")
         if table.is_file() and png.stem in ("lens", "prefix", "patching", "persistence", "transfer"):
             parts.append(f"<pre>{html.escape(table.read_text())}</pre>")
+    for tokens in sorted(root.rglob("tokens.jsonl")) if root.is_dir() else []:
+        parts.append(_tokens_table(tokens))
+    for study in sorted(root.rglob("case_study.html")) if root.is_dir() else []:
+        parts.append(f"<details><summary>Δp case study ({html.escape(str(study.parent.relative_to(root)))}): "
+                     f"generated tokens shaded by how much the vector promoted some token there</summary>"
+                     f"<iframe srcdoc=\"{html.escape(study.read_text())}\"></iframe></details>")
     lens_md = root / "lens" / "lens.md"
     if lens_md.is_file():
         parts.append(f"<details><summary>logit-lens tables</summary><pre>{html.escape(lens_md.read_text())}</pre>"
@@ -169,18 +294,16 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ReportError(f"not a directory: {', '.join(missing)}; pass run directories (runs/<name>)")
-    body = "\n".join(run_section(d) for d in dirs)
+    body = "\n".join(folder_section(d) if is_folder(d) else run_section(d) for d in dirs)
     page = ("<!doctype html><meta charset='utf-8'><title>rlsteer report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
             "img{max-width:100%;border:1px solid #eee}table{border-collapse:collapse;margin:.5em 0}"
             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{text-align:left}"
             ".caption{color:#444;font-style:italic}.small{font-size:.85em;color:#555}.missing{color:#a40}"
-            "pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em}</style>"
+            "pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em}"
+            "iframe{width:100%;height:32em;border:1px solid #eee}</style>"
             "<h1>rlsteer report</h1><p>Steering vectors trained with RLOO on a frozen model, their evaluations "
             "and analyses (arXiv 2509.06608).</p>" + body)
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_atomically(path, page)
     return path

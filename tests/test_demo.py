@@ -2,34 +2,70 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from rlsteer.demo import DemoConfig, run_demo
+from rlsteer.demo import DemoConfig, run_demo, spread_layers
 from rlsteer.metrics import read_metrics
-from rlsteer.steering import SteeringVectors
+
+TINY = DemoConfig(model="tiny-random-qwen3", steps=2, eval_problems=4, analysis_prompts=4, persistence_prompts=2,
+                  max_new_tokens=8, train_overrides=("rl.prompts_per_step=2", "rl.samples_per_prompt=4",
+                                                     "rl.micro_batch_size=8", "rollout.max_new_tokens=8",
+                                                     "reward.workers=0"))
 
 
-def run(cfg: DemoConfig, tmp_path) -> tuple[dict[str, float], list[str]]:
+def check(headline: dict, lines: list[str], out, steps: int) -> None:
+    assert headline["identity_gap"] < 1e-4
+    for run in ("last-layer", "all-layers"):
+        assert len(read_metrics(out / run / "metrics.jsonl")) == steps
+        assert (out / run / "eval" / "greedy" / "results.json").is_file()
+        assert (out / run / "analysis" / "lens" / "lens_histograms.png").is_file()
+    assert (out / "all-layers" / "analysis" / "persistence" / "persistence.png").is_file()
+    assert set(headline["accuracy"]) == {"base", "base + 'To'", "last-layer", "all-layers"}
+    assert all(0.0 <= a <= 1.0 for a in headline["accuracy"].values())
+    assert json.loads((out / "headline.json").read_text())["accuracy"] == headline["accuracy"]
+    assert [line[:5] for line in lines if re.match(r"\[\d/5\]", line)] == [
+        "[1/5]", "[2/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    assert any(line.strip().startswith("report: ") for line in lines)
+
+
+def test_demo_runs_end_to_end_on_a_tiny_model_and_reuses_its_work(tmp_path):
+    cfg = DemoConfig(**{**TINY.__dict__, "out_dir": str(tmp_path)})
     lines: list[str] = []
     headline = run_demo(cfg, log=lines.append)
-    assert headline["identity_gap"] < 1e-4
-    run_dir = tmp_path / "train"
-    assert len(read_metrics(run_dir / "metrics.jsonl")) == cfg.steps
-    assert len(SteeringVectors.load(run_dir / "vectors.safetensors")) > 0
-    assert any(line.startswith("[4/4]") for line in lines)
-    return headline, lines
+    check(headline, lines, tmp_path, cfg.steps)
+    page = (tmp_path / "report.html").read_text()
+    assert "Overview" in page and "training reward per run" in page
+    for label in ("base", "base+To", "last-layer/greedy", "all-layers/greedy"):
+        assert f"<td>{label}</td>" in page
+    assert page.count("data:image/png;base64,") == 2 + 2 * 3 + 2  # overview, per run curve + lens, persistence
+    # a random tiny model never stops, so Δp has nothing to measure: said and skipped, not fatal
+    assert sum("token-shift of" in line and "skipped: none of the 4 completions" in line for line in lines) == 2
+    lens_mtime = (tmp_path / "last-layer" / "analysis" / "lens" / "stats.json").stat().st_mtime
+
+    again: list[str] = []
+    second = run_demo(cfg, log=again.append)  # everything is reused: no training step, no analysis rerun
+    check(second, again, tmp_path, cfg.steps)
+    assert second["accuracy"] == headline["accuracy"]
+    assert sum("already trained" in line for line in again) == 2
+    assert not any(re.search(r"step +1 ", line) for line in again)
+    assert (tmp_path / "last-layer" / "analysis" / "lens" / "stats.json").stat().st_mtime == lens_mtime
 
 
-def test_demo_runs_on_a_tiny_model_and_reuses_its_run(tmp_path):
-    cfg = DemoConfig(model="tiny-random-llama", out_dir=str(tmp_path), steps=2, eval_problems=4)
-    headline, _ = run(cfg, tmp_path)
-    assert 0.0 <= headline["accuracy_base"] <= 1.0
-    _, again = run(cfg, tmp_path)  # the second run resumes the finished training: no step is repeated
-    assert not any("step    1" in line for line in again)
+def test_persistence_layers_spread_over_depth():
+    assert spread_layers(30) == (0, 9, 19, 28)
+    assert spread_layers(4) == (0, 1, 2)  # fewer distinct layers than asked on a shallow model
 
 
 @pytest.mark.slow
-def test_demo_trains_smollm2(tmp_path):
-    headline, lines = run(DemoConfig(out_dir=str(tmp_path)), tmp_path)
+def test_the_real_demo(tmp_path):
+    lines: list[str] = []
+    headline = run_demo(DemoConfig(out_dir=str(tmp_path)), log=lines.append)
+    check(headline, lines, tmp_path, DemoConfig().steps)
     assert "30 layers, d_model=576" in "\n".join(lines)
-    assert headline["accuracy_steered"] > headline["accuracy_base"]
+    first, last = headline["reward"]["all-layers"]
+    assert last > first + 0.5  # the reward visibly rises
+    assert headline["accuracy"]["all-layers"] > headline["accuracy"]["base"] + 0.2
+    assert headline["seconds"] < 15 * 60

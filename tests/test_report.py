@@ -38,3 +38,33 @@ def test_missing_parts_are_said_not_fatal(tmp_path):
     assert "No evaluations yet" in page and "No analyses yet" in page and "Reward -1.000" in page
     with pytest.raises(ReportError, match="not a directory"):
         build_report([tmp_path / "nope"], tmp_path / "r.html")
+
+
+def fake_result(folder, accuracy: float, temperature: float) -> None:
+    folder.mkdir(parents=True)
+    cell = {"mean": accuracy, "std": 0.0}
+    (folder / "results.json").write_text(json.dumps({
+        "target": folder.name, "benchmarks": {"toy": {"n": 1, "problems": 4, "first": cell, "avg": cell}},
+        "protocol": {"config": {"model": {"name": "m"}, "target": {"prefix": None},
+                                "protocol": {"temperature": temperature, "max_new_tokens": 8, "seeds": [0]}}}}))
+
+
+def test_a_folder_of_runs_gets_an_overview(tmp_path):
+    root = tmp_path / "demo"
+    for run, rewards in (("a", (-0.5, 0.5)), ("b", (-0.5, -0.4))):
+        (root / run).mkdir(parents=True)
+        (root / run / "metrics.jsonl").write_text("".join(json.dumps(
+            {"step": k + 1, "reward_mean": r, "accuracy": (r + 1) / 2, "len_mean": 3, "truncated": 0.0}) + "\n"
+            for k, r in enumerate(rewards)))
+    fake_result(root / "eval" / "base", 0.25, 0.0)
+    fake_result(root / "a" / "eval" / "greedy", 0.75, 0.0)
+    fake_result(root / "a" / "eval" / "sampled", 0.5, 1.0)
+    page = build_report([root], tmp_path / "r.html").read_text()
+    assert "Overview" in page and page.count("<table><tr><th>evaluation</th>") == 2  # one table per protocol
+    greedy = page[page.index("greedy, 8 new tokens"):page.index("T=1.0")]
+    assert "<td>base</td>" in greedy and "<td>a/greedy</td>" in greedy and "<td>75.0 ± 0.0</td>" in greedy
+    assert "<td>a/sampled</td>" not in greedy
+    assert page.index("Overview") < page.index(f"<h2>{root / 'a'}</h2>") < page.index(f"<h2>{root / 'b'}</h2>")
+    # a folder holding only evaluations (rlsteer eval's default evals/) is compared too
+    only = build_report([root / "eval"], tmp_path / "e.html").read_text()
+    assert "<td>base</td>" in only and "No training metrics" not in only
