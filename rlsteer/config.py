@@ -314,7 +314,15 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class RLSection:
-    """RLOO: B prompts × N samples per step, one optimizer step per round."""
+    """RLOO: B prompts × N samples per step, one optimizer step per round.
+
+    Attributes:
+        share_prompts: process each prompt once per micro-batch in the loss pass and let its samples attend
+            to its KV cache (the same numbers up to float rounding, fewer tokens through forward and
+            backward); off computes every sample's prompt again, as other trainers do.
+        gradient_checkpointing: recompute each layer's activations in the backward pass (less memory, one
+            more forward); the loss pass then runs without the shared prompt cache.
+    """
 
     steps: int = 314
     prompts_per_step: int = 128
@@ -322,6 +330,8 @@ class RLSection:
     baseline: Literal["loo", "mean", "group_std"] = "loo"
     micro_batch_size: int = 8
     seed: int = 0
+    share_prompts: bool = True
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -66,38 +68,130 @@ def policy_loss(logprob_sums: torch.Tensor, advantages: torch.Tensor, total_toke
 
 
 def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]], *,
-                   temperature: float = 1.0, pad_id: int = 0) -> list[torch.Tensor]:
+                   temperature: float = 1.0, pad_id: int = 0, share_prompts: bool = True) -> list[torch.Tensor]:
     """Log-probs of each completion's tokens given its prompt, under the model's current hooks.
 
     Args:
-        sequences: (prompt ids, completion ids) pairs, batched together with left padding.
+        sequences: (prompt ids, completion ids) pairs.
         temperature: the generation temperature T_gen (log_softmax(logits / T), in fp32); 0 means 1.
+        share_prompts: run each distinct prompt once and the completions on top of its KV cache (the N
+            samples of an RLOO group share one prompt, so the prompt is processed, and back-propagated
+            through, once instead of N times). Equal to the unshared computation up to float rounding.
 
     Returns one tensor [len(completion)] per sequence, differentiable w.r.t. any steering vectors.
+
+    Example:
+        >>> from rlsteer import load_model
+        >>> model, tok = load_model("tiny-random-llama")
+        >>> seqs = [((1, 2, 3), (4, 5)), ((1, 2, 3), (6,))]
+        >>> [lp.shape[0] for lp in token_logprobs(model, seqs)]
+        [2, 1]
     """
-    device = next(model.parameters()).device
-    lengths = [len(p) + len(c) for p, c in sequences]
-    width = max(lengths)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)  # [S, width]
+    prompts = list(dict.fromkeys(p for p, _ in sequences))
+    if share_prompts and len(prompts) < len(sequences):
+        logits = _shared_prompt_logits(model, sequences, prompts, pad_id)
+    else:
+        logits = _flat_logits(model, sequences, pad_id)
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+    out = []
+    for step_logits, (_, completion) in zip(logits, sequences, strict=True):
+        if not completion:
+            out.append(step_logits.new_zeros(0, dtype=torch.float32))
+            continue
+        step_logits = step_logits.to(torch.promote_types(step_logits.dtype, torch.float32)) * scale
+        targets = torch.tensor(completion, device=step_logits.device)
+        out.append(step_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0])
+    return out
+
+
+def _left_padded(rows: list[tuple[int, ...]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids and attention mask [R, width] with each row right-aligned."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
-    for i, (prompt, completion) in enumerate(sequences):
-        ids[i, width - lengths[i]:] = torch.tensor(prompt + completion, device=device)
-        mask[i, width - lengths[i]:] = 1
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _flat_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                 pad_id: int) -> list[torch.Tensor]:
+    """Per sequence the logits [n, vocab] that predict its n completion tokens: one pass over prompt + completion."""
+    device = next(model.parameters()).device
+    ids, mask = _left_padded([p + c for p, c in sequences], pad_id, device)  # [S, width]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     longest = max(len(c) for _, c in sequences)
     # Logits only where completions are predicted: the last `longest + 1` positions (left padding).
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                    logits_to_keep=longest + 1).logits  # [S, longest + 1, vocab]
-    scale = 1.0 / temperature if temperature > 0 else 1.0
-    out = []
-    for i, (_, completion) in enumerate(sequences):
-        n = len(completion)
-        if n == 0:
-            out.append(logits.new_zeros(0, dtype=torch.float32))
-            continue
-        # position t predicts token t+1: the completion's n tokens are predicted by the n positions before them
-        step_logits = logits[i, longest - n:longest]  # [n, vocab]
-        step_logits = step_logits.to(torch.promote_types(step_logits.dtype, torch.float32)) * scale
-        targets = ids[i, width - n:]
-        out.append(step_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0])
-    return out
+    # position t predicts token t+1: the completion's n tokens are predicted by the n positions before them
+    return [logits[i, longest - len(c):longest] for i, (_, c) in enumerate(sequences)]
+
+
+def _shared_prompt_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                          prompts: list[tuple[int, ...]], pad_id: int) -> list[torch.Tensor]:
+    """As :func:`_flat_logits`, with each distinct prompt run once and its KV cache shared by its completions."""
+    from rlsteer.rollout.hf import _new_cache
+
+    device = next(model.parameters()).device
+    index = {p: g for g, p in enumerate(prompts)}
+    rows = torch.tensor([index[p] for p, _ in sequences], device=device)  # [S]: the prompt of each sequence
+    prompt_ids, prompt_mask = _left_padded(prompts, pad_id, device)  # [G, P]
+    cache = _new_cache(model)
+    first = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                  position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1).logits[:, -1]  # [G, vocab]: predicts each completion's first token
+    inputs = [c[:-1] for _, c in sequences]  # a completion's last token is only a target
+    width = max(len(x) for x in inputs)
+    if width == 0:
+        return [first[rows[i]][None][: len(c)] for i, (_, c) in enumerate(sequences)]
+    cache.reorder_cache(rows)  # [G, …] → [S, …]
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)  # [S, T], right-padded
+    completion_mask = torch.zeros_like(ids)
+    for i, x in enumerate(inputs):
+        ids[i, :len(x)] = torch.tensor(x, dtype=torch.long, device=device)
+        completion_mask[i, :len(x)] = 1
+    starts = torch.tensor([len(p) for p, _ in sequences], device=device)
+    positions = starts[:, None] + torch.arange(width, device=device)  # [S, T]
+    logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask[rows], completion_mask], dim=1),
+                   position_ids=positions, past_key_values=cache, use_cache=True).logits  # [S, T, vocab]
+    return [torch.cat([first[rows[i]][None], logits[i, :len(c) - 1]]) if c else first[:0]
+            for i, (_, c) in enumerate(sequences)]
+
+
+@contextmanager
+def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Recompute each decoder layer's activations in the backward pass instead of storing them.
+
+    transformers checkpoints only in training mode, so the model is put in training mode inside the block
+    (non-reentrant checkpointing, which replays the steering hooks and reaches the vectors' gradients);
+    models with dropout are refused, since training mode would turn it on.
+
+    Example:
+        >>> from rlsteer import load_model
+        >>> model, _ = load_model("tiny-random-llama")
+        >>> with gradient_checkpointing(model):
+        ...     model.training
+        True
+    """
+    if not enabled:
+        yield
+        return
+    config: Any = model.config
+    rates = {k: getattr(config, k, 0.0) or 0.0 for k in ("attention_dropout", "hidden_dropout", "resid_pdrop",
+                                                            "embd_pdrop", "attn_pdrop", "dropout")}
+    rates.update({name: m.p for name, m in model.named_modules() if isinstance(m, nn.Dropout)})
+    if any(float(v) > 0 for v in rates.values()):
+        raise RlsteerError(f"gradient checkpointing runs the model in training mode, which would turn on its dropout "
+                           f"({', '.join(k for k, v in rates.items() if float(v) > 0)}); set them to 0 in the "
+                           "model config or train without rl.gradient_checkpointing")
+    was_training = model.training
+    hf: Any = model  # a transformers PreTrainedModel
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        yield
+    finally:
+        hf.gradient_checkpointing_disable()
+        model.train(was_training)

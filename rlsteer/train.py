@@ -51,7 +51,7 @@ from rlsteer.errors import RlsteerError
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity
 from rlsteer.rewards import RewardBatch, RewardPool, Status
-from rlsteer.rl import advantages, policy_loss, token_logprobs
+from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
 from rlsteer.steering.sites import HEAD_SITES, Entry
@@ -170,11 +170,13 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
     loss_value = 0.0
     active = [i for i in range(len(rollouts)) if adv[i] != 0]  # zero-advantage samples add nothing to the loss
     if active and total_tokens > 0:
-        with steer(model, vectors):
+        checkpointed = cfg.rl.gradient_checkpointing
+        with steer(model, vectors), gradient_checkpointing(model, checkpointed):
             for start in range(0, len(active), cfg.rl.micro_batch_size):
                 chunk = active[start:start + cfg.rl.micro_batch_size]
                 lps = token_logprobs(model, [(rollouts[i].request.prompt_ids, rollouts[i].token_ids) for i in chunk],
-                                     temperature=cfg.rollout.temperature, pad_id=tok.pad_token_id)
+                                     temperature=cfg.rollout.temperature, pad_id=tok.pad_token_id,
+                                     share_prompts=cfg.rl.share_prompts and not checkpointed)  # needs a KV cache
                 loss = policy_loss(torch.stack([lp.sum() for lp in lps]), adv[chunk], total_tokens)
                 loss.backward()
                 loss_value += float(loss.detach())

@@ -98,3 +98,53 @@ def test_loss_gradient_matches_finite_differences(tiny):
             down = loss_fn().item()
             param[idx] += eps
         assert (up - down) / (2 * eps) == pytest.approx(analytic[idx].item(), rel=2e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma", "olmo", "phi3"])
+def test_shared_prompts_give_the_unshared_logprobs_and_gradients(tiny, family):
+    """A group's samples on one prompt's KV cache = each sample computed in full, values and gradients."""
+    model, tok = tiny(family)
+    a, b = tuple(tok.encode("What is 2 + 3? Answer:")), tuple(tok.encode("Hi"))
+    seqs = [(a, (17, 42, 99, 5)), (a, (8,)), (a, ()), (b, (3, 4)), (a, (11, 12)), (b, (9,))]
+    sv = SteeringVectors(64, entries=[("resid_post", 0), ("attn_out", 2), ("resid_post", 3)])
+    with torch.no_grad():
+        for e in sv.entries:
+            sv.parameter(e).normal_(std=0.5, generator=torch.Generator().manual_seed(e.layer))
+    results = []
+    for share in (False, True):
+        sv.zero_grad()
+        with steer(model, sv):
+            lps = token_logprobs(model, seqs, temperature=0.7, pad_id=tok.pad_token_id, share_prompts=share)
+        policy_loss(torch.stack([lp.sum() for lp in lps]), torch.tensor([1.0, -1, 0.5, 2, -0.5, 1]), 10).backward()
+        results.append((lps, {e: sv.parameter(e).grad.clone() for e in sv.entries}))
+    (flat, flat_grad), (shared, shared_grad) = results
+    assert [lp.shape for lp in shared] == [lp.shape for lp in flat] == [torch.Size([len(c)]) for _, c in seqs]
+    for x, y in zip(flat, shared, strict=True):
+        torch.testing.assert_close(y, x, atol=2e-5, rtol=1e-5)
+    for e in sv.entries:
+        torch.testing.assert_close(shared_grad[e], flat_grad[e], atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in shared_grad.values())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    from rlsteer.rl import gradient_checkpointing
+
+    model, tok = tiny("qwen3")
+    seqs = [(tuple(tok.encode("2 + 3 =")), (20, 30, 40)), (tuple(tok.encode("x")), (7, 8))]
+    sv = SteeringVectors(64, layers=[0, 2])
+    with torch.no_grad():
+        sv.parameter(("resid_post", 0)).normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for enabled in (False, True):
+        sv.zero_grad()
+        with steer(model, sv), gradient_checkpointing(model, enabled):
+            assert model.training == enabled
+            lps = token_logprobs(model, seqs, pad_id=tok.pad_token_id, share_prompts=False)
+            policy_loss(torch.stack([lp.sum() for lp in lps]), torch.tensor([1.0, -1.0]), 5).backward()
+        grads.append([p.grad.clone() for p in sv.parameters()])
+    assert not model.training and not model.is_gradient_checkpointing
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    model.config.attention_dropout = 0.1
+    with pytest.raises(RlsteerError, match="dropout"), gradient_checkpointing(model):
+        pass

@@ -122,3 +122,17 @@ def test_bad_sampling_params():
     with pytest.raises(SamplingError, match="temperature"):
         SamplingParams(temperature=-1)
     assert SamplingParams(max_new_tokens=10, max_total_tokens=15).budget(12) == 3
+
+
+def test_a_group_sharing_one_prompt_samples_as_if_each_had_its_own(tiny):
+    """Prefill once per distinct prompt: each row still samples from its own prompt's distribution and seed."""
+    model, tok = tiny("qwen3")
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, logprobs=True)
+    prompt = tuple(tok.encode(PROMPTS[2]))
+    group = [Request(prompt, (tok.eos_token_id,), seed=s) for s in range(5)] + requests(tok)
+    together = HFBackend(model, tok, batch_size=16, progress=False).generate(group, None, params)
+    alone = HFBackend(model, tok, batch_size=1, progress=False).generate(group, None, params)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    for x, y in zip(together, alone, strict=True):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+    assert len({r.token_ids for r in together[:5]}) > 1  # the group's rows are distinct samples

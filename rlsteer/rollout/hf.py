@@ -84,10 +84,20 @@ class HFBackend:
 
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _new_cache(self.model)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)  # prefill: only the last position's logits
+        # prefill each distinct prompt once (an RLOO group's N requests share one), then give every row its cache
+        first_row: dict[tuple[int, ...], int] = {}
+        for i, r in enumerate(requests):
+            first_row.setdefault(r.prompt_ids, i)
+        slot = {p: k for k, p in enumerate(first_row)}
+        unique = torch.tensor(list(first_row.values()), device=device)  # [U]: a row of each distinct prompt
+        rows_of = torch.tensor([slot[r.prompt_ids] for r in requests], device=device)  # [rows] → its prompt's slot
+        out = self.model(input_ids=ids[unique], attention_mask=mask[unique], position_ids=positions[unique],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)  # only the last position's logits
+        logits = out.logits[:, -1][rows_of]  # [rows, vocab]
+        if len(unique) < rows:
+            cache.reorder_cache(rows_of)
         while not all(done):
-            step_tokens, step_logprobs = next_tokens(out.logits[:, -1], sampling, generators)
+            step_tokens, step_logprobs = next_tokens(logits, sampling, generators)
             for i in range(rows):
                 if done[i]:
                     continue
@@ -101,8 +111,8 @@ class HFBackend:
             feed = torch.where(torch.tensor(done, device=device), self.pad_id, step_tokens)[:, None]  # [rows, 1]
             mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
-            out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                             use_cache=True)
+            logits = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                use_cache=True).logits[:, -1]
         return [
             Rollout(request=r, token_ids=tuple(tokens[i]),
                     text=self.tokenizer.decode(tokens[i], skip_special_tokens=False),
