@@ -317,9 +317,10 @@ class RLSection:
     """RLOO: B prompts × N samples per step, one optimizer step per round.
 
     Attributes:
-        share_prompts: process each prompt once per micro-batch in the loss pass and let its samples attend
-            to its KV cache (the same numbers up to float rounding, fewer tokens through forward and
-            backward); off computes every sample's prompt again, as other trainers do.
+        share_prompts: prefill each distinct prompt once when sampling (HF backend), and process it once per
+            micro-batch in the loss pass with its samples attending to its KV cache (the same numbers up to
+            float rounding, fewer tokens through forward and backward); off computes every sample's prompt
+            again, as other trainers do.
         gradient_checkpointing: recompute each layer's activations in the backward pass (less memory, one
             more forward); the loss pass then runs without the shared prompt cache.
     """

@@ -286,7 +286,7 @@ def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any, world: World = SI
         from rlsteer.rollout.vllm import VLLMBackend
 
         return VLLMBackend.from_config(cfg, tok, world=world)
-    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=None)
+    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=None, share_prompts=cfg.rl.share_prompts)
 
 
 class MathScorer:

@@ -132,7 +132,8 @@ def test_a_group_sharing_one_prompt_samples_as_if_each_had_its_own(tiny):
     group = [Request(prompt, (tok.eos_token_id,), seed=s) for s in range(5)] + requests(tok)
     together = HFBackend(model, tok, batch_size=16, progress=False).generate(group, None, params)
     alone = HFBackend(model, tok, batch_size=1, progress=False).generate(group, None, params)
-    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    unshared = HFBackend(model, tok, batch_size=16, progress=False, share_prompts=False).generate(group, None, params)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone] == [r.token_ids for r in unshared]
     for x, y in zip(together, alone, strict=True):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
     assert len({r.token_ids for r in together[:5]}) > 1  # the group's rows are distinct samples

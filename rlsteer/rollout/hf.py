@@ -36,13 +36,17 @@ class HFBackend:
         batch_size: rows decoded together; bounds memory (requests are processed in chunks of this size,
             longest prompts first to limit padding).
         progress: show a progress bar over requests (None: only when stderr is a terminal).
+        share_prompts: prefill each distinct prompt of a batch once and give its rows copies of its KV cache
+            (the N samples of an RLOO group share one prompt); off prefills every row.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, progress: bool | None = True) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, progress: bool | None = True,
+                 share_prompts: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.share_prompts = share_prompts
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @property
@@ -85,12 +89,13 @@ class HFBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _new_cache(self.model)
         # prefill each distinct prompt once (an RLOO group's N requests share one), then give every row its cache
-        first_row: dict[tuple[int, ...], int] = {}
+        first_row: dict[Any, int] = {}
         for i, r in enumerate(requests):
-            first_row.setdefault(r.prompt_ids, i)
+            first_row.setdefault(r.prompt_ids if self.share_prompts else i, i)
         slot = {p: k for k, p in enumerate(first_row)}
         unique = torch.tensor(list(first_row.values()), device=device)  # [U]: a row of each distinct prompt
-        rows_of = torch.tensor([slot[r.prompt_ids] for r in requests], device=device)  # [rows] → its prompt's slot
+        rows_of = torch.tensor([slot[r.prompt_ids if self.share_prompts else i] for i, r in enumerate(requests)],
+                               device=device)  # [rows] → its prompt's slot
         out = self.model(input_ids=ids[unique], attention_mask=mask[unique], position_ids=positions[unique],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)  # only the last position's logits
         logits = out.logits[:, -1][rows_of]  # [rows, vocab]
