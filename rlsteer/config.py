@@ -49,15 +49,58 @@ def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]
     if source is None:
         data: dict[str, Any] = {}
     elif isinstance(source, Mapping):
-        data = json.loads(json.dumps(source))  # a deep, plain copy
+        try:
+            data = json.loads(json.dumps(source))  # a deep, plain copy
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"the config is not plain data ({err}); use mappings, lists, strings, numbers, "
+                              "booleans and None") from None
     else:
         data = read_yaml(Path(source))
+    source_protocol = data.get("protocol")
+    greedy_n_in_source = (isinstance(source_protocol, Mapping) and bool(source_protocol.get("n"))
+                          and source_protocol.get("temperature") == 0)
+    keys = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. rl.lr=1e-3)")
-        _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-    return build(cls, data)
+        keys.append(key.strip())
+        _set_path(data, keys[-1].split("."), _override_value(key, raw))
+    cfg = build(cls, data)
+    _check_greedy_samples(cfg, greedy_n_in_source, keys)
+    return cfg
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """The YAML value of an override (empty: None); unparsable YAML is a one-line :class:`ConfigError`."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"override {key.strip()}={raw!r} is not a valid YAML value ({reason}); quote strings, "
+                          "e.g. data.prefix='\"To\"'") from None
+
+
+def _check_greedy_samples(cfg: Any, in_source: bool, override_keys: Sequence[str]) -> None:
+    """Refuse ``protocol.n`` > 1 given explicitly together with ``protocol.temperature`` 0.
+
+    Greedy decoding gives one sample per problem, and :meth:`ProtocolSection.samples` forces n = 1 when a
+    sampled protocol (e.g. ``paper``) is made greedy with ``protocol.temperature=0``. An n > 1 set in the same
+    file as temperature 0, or as an override, asks for something greedy decoding cannot give.
+    """
+    protocol = getattr(cfg, "protocol", None)
+    if not isinstance(protocol, ProtocolSection) or protocol.temperature != 0:
+        return
+    many = {bench: n for bench, n in protocol.n.items() if n > 1}
+    if not many:
+        return
+    in_overrides = any(k == "protocol.n" or k.startswith("protocol.n.") for k in override_keys)
+    if in_overrides or in_source:
+        shown = ", ".join(f"{b}: {n}" for b, n in many.items())
+        raise ConfigError(f"protocol.n asks for several samples ({shown}) but protocol.temperature=0 (greedy) "
+                          "gives one sample per problem; drop protocol.n or set protocol.temperature > 0")
 
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -172,8 +215,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
+            if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
+                try:
+                    return int(value)
+                except ValueError:  # e.g. more digits than Python converts
+                    pass
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
@@ -285,8 +331,9 @@ class RewardSection:
         kind: ``math`` (the paper) or ``first_token`` (+1 when the first generated token is ``target``).
         target: the token of ``first_token`` rewards; ``auto`` picks the base model's second most likely
             first token over the first step's prompts (likely enough to be sampled, not yet dominant).
-        extraction: ``boxed`` (the last \\boxed{} / <answer>, the paper) or ``any`` (Math-Verify's own
-            extraction over the whole completion, for models that never box their answers).
+        extraction: ``boxed`` (the last \\boxed{} / <answer>, the paper), ``number`` (the last number, for
+            models that never box their answers) or ``any`` (Math-Verify's own extraction over the whole
+            completion; it evaluates expressions, so restating "2 + 7" counts as 9 — avoid on arithmetic).
         mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
         timeout_s: hard per-answer verification timeout (the worker is killed past it).
         workers: verification processes.
@@ -295,7 +342,7 @@ class RewardSection:
     kind: Literal["math", "first_token"] = "math"
     target: str | None = None
     values: Literal["pm1", "zero_one"] = "pm1"
-    extraction: Literal["boxed", "any"] = "boxed"
+    extraction: Literal["boxed", "number", "any"] = "boxed"
     mask_truncated: bool = False
     timeout_s: float = 5.0
     workers: int = 2
@@ -419,10 +466,12 @@ class ProtocolSection:
         benchmarks: registry names (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k) or
             dataset files.
         n: samples per problem by benchmark (others: 1). With temperature 0 every benchmark takes n = 1,
-            as in the authors' greedy configs.
+            as in the authors' greedy configs; an n > 1 given together with temperature 0 (in one file, or
+            as a ``protocol.n`` override) is an error.
         seeds: evaluation seeds; each gives every sample its own seed, so results do not depend on batching.
         limit: evaluate only the first problems of each benchmark (quick runs).
-        extraction: ``boxed`` (the last \\boxed{}, the paper) or ``any`` (models that never box answers).
+        extraction: ``boxed`` (the last \\boxed{}, the paper), ``number`` (the last number) or ``any``
+            (Math-Verify over the whole completion), the latter two for models that never box answers.
         pass_k: the k of pass@k (default: 1, 2, 4, … up to n).
     """
 
@@ -436,7 +485,7 @@ class ProtocolSection:
     seeds: tuple[int, ...] = (0,)
     limit: int | None = None
     data_dir: str | None = None
-    extraction: Literal["boxed", "any"] = "boxed"
+    extraction: Literal["boxed", "number", "any"] = "boxed"
     pass_k: tuple[int, ...] = ()
 
     def samples(self, benchmark: str) -> int:

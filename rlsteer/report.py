@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlsteer.analysis.output import write_atomically
 from rlsteer.errors import RlsteerError
+from rlsteer.io import write_atomically
 
 #: (analysis folder kind, figure stem) → how to read it, and its paper counterpart
 CAPTIONS: dict[tuple[str, str], str] = {
@@ -189,7 +189,8 @@ def folder_section(root: Path) -> str:
         parts.append(_img(reward_figure(curves), "training reward per run")
                      + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
                        "vectors start at zero, so step 1 is the base model.</p>")
-    results = sorted(root.rglob("results.json"))
+    # the folder's own evaluations (baselines) first, then each run's
+    results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != "eval", str(p)))
     if results:
         parts.append(comparison_section(root, results))
     else:

@@ -3,8 +3,11 @@
 Extraction follows the authors: the last ``\\boxed{…}`` (else ``\\fbox{…}``) with brace matching for the
 qwen-math / chat / plain templates, the last ``<answer>…</answer>`` for r1; no answer means a wrong answer.
 The gold is parsed from ``\\boxed{answer}`` and ``verify(gold, prediction)`` is called gold first. Rewards
-are ±1 by default (0/1 on request). ``extraction="any"`` lets Math-Verify search the whole completion
-instead, for models that never box their answers (DESIGN §6).
+are ±1 by default (0/1 on request). For models that never box their answers (DESIGN §6),
+``extraction="number"`` takes the last number in the completion (as GSM8K graders do), and
+``extraction="any"`` lets Math-Verify search the whole completion. Beware ``any`` on arithmetic: Math-Verify
+evaluates expressions it finds, so a completion that merely restates the question ("2 + 7 is …") counts
+as answering 9 — an RL policy learns that quickly; use ``number`` there.
 
 Verification can hang (sympy on adversarial input), so :class:`RewardPool` runs it in worker processes
 with a hard per-answer deadline: a worker past it is killed and replaced, and the answer counts as a
@@ -17,6 +20,8 @@ Example:
     1.0
     >>> math_reward("The answer is 1/2", "0.5")
     -1.0
+    >>> last_number("2 + 7 is 9, or 1,000.5 minus 991.5")
+    '991.5'
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from typing import Any, Literal
 from rlsteer.errors import RlsteerError
 
 Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
-Extraction = Literal["boxed", "any"]
+Extraction = Literal["boxed", "number", "any"]
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _E_NOTATION = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*[eE]\s*([-+]?\d+)\s*$")
 
 
@@ -79,6 +85,12 @@ def last_answer_tag(text: str) -> str | None:
     """Content of the last ``<answer>…</answer>`` (non-greedy, across lines), or None."""
     matches = _ANSWER_TAG.findall(text)
     return matches[-1] if matches else None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` (thousands separators dropped; ``-3``, ``2.5`` and ``3/4`` are numbers)."""
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
 
 
 def extract_answer(completion: str, template: str = "qwen-math") -> str | None:
@@ -143,13 +155,14 @@ def verify_task(task: Task) -> Status:
     mv = _math_verify()
     parse, verify = mv.parse, mv.verify
 
-    if task.extraction == "boxed":
-        answer = extract_answer(task.completion, task.template)
+    if task.extraction == "any":
+        prediction_text = task.completion
+    else:
+        answer = (last_number(task.completion) if task.extraction == "number"
+                  else extract_answer(task.completion, task.template))
         if answer is None:
             return "no_answer"
         prediction_text = "\\boxed{" + normalise_gold(answer) + "}"
-    else:
-        prediction_text = task.completion
     try:
         gold = parse("\\boxed{" + normalise_gold(task.gold) + "}", parsing_timeout=None)
         prediction = parse(prediction_text, parsing_timeout=None)

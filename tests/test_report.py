@@ -64,6 +64,7 @@ def test_a_folder_of_runs_gets_an_overview(tmp_path):
     greedy = page[page.index("greedy, 8 new tokens"):page.index("T=1.0")]
     assert "<td>base</td>" in greedy and "<td>a/greedy</td>" in greedy and "<td>75.0 ± 0.0</td>" in greedy
     assert "<td>a/sampled</td>" not in greedy
+    assert greedy.index("<td>base</td>") < greedy.index("<td>a/greedy</td>")  # the folder's baselines first
     assert page.index("Overview") < page.index(f"<h2>{root / 'a'}</h2>") < page.index(f"<h2>{root / 'b'}</h2>")
     # a folder holding only evaluations (rlsteer eval's default evals/) is compared too
     only = build_report([root / "eval"], tmp_path / "e.html").read_text()

@@ -124,7 +124,7 @@ def test_answers_of_other_problems_are_rejected():
 def sleepy_verify(task: Task) -> str:
     """A verifier that hangs on the gold answer "hang" (imported by RewardPool workers)."""
     if task.gold == "hang":
-        time.sleep(60)
+        time.sleep(600)
     return verify_task(task)
 
 
@@ -136,7 +136,8 @@ def test_a_hanging_verification_is_killed_and_counted():
         elapsed = time.monotonic() - start
         assert batch.statuses == ("timeout", "correct", "timeout", "no_answer")
         assert batch.timeouts == 2 and batch.missing_answers == 1 and batch.rewards == (-1.0, 1.0, -1.0, -1.0)
-        assert elapsed < 8, f"hung verifications were not killed in time ({elapsed:.1f} s)"
+        # killed, not waited for: far below the 600 s hang even on a loaded machine (no speed is asserted)
+        assert elapsed < 120, f"hung verifications were not killed ({elapsed:.1f} s)"
         assert pool.score([r"\boxed{5}"], ["5"]).rewards == (1.0,)  # replaced workers keep working
 
 
@@ -145,3 +146,16 @@ def test_pool_matches_serial_scoring():
     gold = ["0.5", r"\frac12", "3", "1", "x^{2}", "3.14159"]
     with RewardPool(workers=0) as serial, RewardPool(workers=2) as pool:
         assert serial.score(completions, gold).statuses == pool.score(completions, gold).statuses
+
+
+def test_number_extraction_takes_the_last_number_and_is_not_fooled_by_a_restated_question():
+    from rlsteer.rewards import last_number
+
+    assert last_number("2 + 7 = 9.") == "9" and last_number("no digits") is None
+    assert last_number("total: 1,234.5 apples, then -3") == "-3" and last_number("half is 3/4") == "3/4"
+    restated = "2 + 7 is a non-traditional environment designed to support resilience."
+    assert math_reward(restated, "9", extraction="any") == 1.0  # Math-Verify evaluates the restated question
+    assert math_reward(restated, "9", extraction="number") == -1.0  # the last number is 7
+    assert math_reward("2 + 7 = 9, so the answer is 9.", "9", extraction="number") == 1.0
+    assert math_reward("We get 1,000 apples", "1000", extraction="number") == 1.0
+    assert math_reward("It is 0.5", "\\frac{1}{2}", extraction="number") == 1.0
