@@ -24,17 +24,17 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 import re
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, writing
+from rlsteer.io import staged_folder
 from rlsteer.steering.vectors import SteeringVectors, _key
 
 
@@ -50,7 +50,8 @@ def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: 
     """Write ``root/step-{step}`` atomically and return its path (``vector_metadata`` goes to its vector file)."""
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step}"
     tensors: dict[str, torch.Tensor] = {}
     for entry in vectors.entries:
@@ -73,16 +74,10 @@ def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: 
               for g in state["param_groups"]]
     meta = {"step": step, "entries": [e.name for e in vectors.entries], "scale": vectors.scale,
             "d_model": vectors.d_model, "param_groups": groups, "extra": extra or {}}
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
-    try:
+    with staged_folder(target) as staging:
         save_file(tensors, str(staging / "state.safetensors"))
         (staging / "state.json").write_text(json.dumps(meta, indent=1, default=_json_default))
         vectors.save(staging / "vectors.safetensors", **(vector_metadata or {}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -142,3 +137,30 @@ def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.torch"])
     return meta
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The trainer's state after ``step``, in memory: what :func:`save_checkpoint` would write at that step.
+
+    The trainer takes one after each finished step, so when a signal stops a step half way (possibly in the
+    middle of the optimizer's update) it can still checkpoint the last finished step exactly.
+    """
+
+    step: int
+    params: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: torch.Tensor
+
+    @classmethod
+    def take(cls, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer) -> Snapshot:
+        params = {e.name: vectors.parameter(e).detach().clone() for e in vectors.entries}
+        return cls(step, params, copy.deepcopy(optimizer.state_dict()), torch.get_rng_state())
+
+    def restore(self, vectors: SteeringVectors, optimizer: torch.optim.Optimizer) -> None:
+        """Put the state back into ``vectors`` and ``optimizer`` (the ones it was taken from)."""
+        with torch.no_grad():
+            for entry in vectors.entries:
+                vectors.parameter(entry).copy_(self.params[entry.name])
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        torch.set_rng_state(self.rng)

@@ -1,6 +1,8 @@
 """The ``rlsteer`` command line: thin wrappers over the library functions.
 
-Every subcommand prints one ``rlsteer: error: …`` line and exits with status 2 on bad input.
+Every subcommand prints one ``rlsteer: error: …`` line and exits with status 2 on bad input. SIGINT or
+SIGTERM during ``train`` or ``eval`` (and the commands built on them) ends with one ``rlsteer: interrupted by
+…`` line saying what was saved and the command that resumes, and status 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -8,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlsteer.errors import RlsteerError
+from rlsteer.interrupt import Interrupted
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -41,6 +45,37 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"\n{'entry':<{width}}  {'norm':>10}  {'max|x|':>10}")
     for row in rows:
         print(f"{row['entry']:<{width}}  {row['norm']:>10.4f}  {row['max_abs']:>10.4f}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rlsteer.interop import export_vectors
+    from rlsteer.steering.vectors import SteeringVectors
+
+    vectors = SteeringVectors.load(args.vectors)
+    out = export_vectors(vectors, args.out, args.format, model=args.model, dtype=args.dtype)
+    model = args.model or vectors.metadata.get("model") or "MODEL"
+    if args.format == "lm-eval" and model != "MODEL":
+        from contextlib import suppress
+
+        from rlsteer.models import model_folder
+
+        with suppress(RlsteerError):  # lm-eval needs a hub id or a folder; built-in aliases have cached folders
+            model = model_folder(model)
+    usage = {"bias": f"load it with rlsteer.load_model({str(out)!r}) or serve the folder as a model",
+             "npy": "row ℓ is the vector added to the output of block ℓ (resid_post.ℓ)",
+             "gguf": f"llama-cli -m MODEL.gguf --control-vector {out}",
+             "lm-eval": f"lm_eval --model steered --model_args pretrained={model},steer_path={out} --tasks TASKS"}
+    print(f"wrote {out} ({args.format}, {len(vectors)} entries)\n{usage[args.format]}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from rlsteer.interop import import_vectors
+
+    vectors = import_vectors(args.source, args.format, model=args.model)
+    path = vectors.save(args.out)
+    print(f"wrote {path}: {', '.join(e.name for e in vectors.entries)}")
     return 0
 
 
@@ -200,7 +235,7 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
 
 
 def _write_jobs(root: Path, script: str) -> int:
-    from rlsteer.analysis.output import write_atomically
+    from rlsteer.io import write_atomically
 
     write_atomically(root / "jobs.sh", script)
     (root / "jobs.sh").chmod(0o755)
@@ -291,6 +326,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="a .safetensors file written by rlsteer")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("export", help="write a vector file as a bias checkpoint, [L, d] .npy, llama.cpp GGUF or "
+                                      "lm-eval .pt",
+                       description="Convert a vector file for other tools (README: Export and import). bias: the "
+                                   "base model saved with down_proj biases = resid_post vectors; npy: the authors' "
+                                   "[L, d] matrix; gguf: a llama.cpp control vector (direction.N = resid_post.N, "
+                                   "N >= 1); lm-eval: lm-evaluation-harness's steered-model .pt.")
+    p.add_argument("vectors", type=Path, help="a .safetensors vector file")
+    p.add_argument("out", type=Path, help="the folder (bias) or file to write")
+    p.add_argument("--format", required=True, choices=("bias", "npy", "gguf", "lm-eval"))
+    p.add_argument("--model", help="bias: the base model (default: the vectors' model); others: check the vectors "
+                                   "fit it (npy: its depth gives L)")
+    p.add_argument("--dtype", default="float32", help="bias: the saved weights' dtype (bfloat16 for large models)")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("import", help="read a bias checkpoint, [L, d] .npy or llama.cpp GGUF into a vector file",
+                       description="Read vectors written by another tool as resid_post entries and save them as "
+                                   "a rlsteer .safetensors vector file.")
+    p.add_argument("source", type=Path, help="a model folder (bias), .npy matrix or .gguf control vector")
+    p.add_argument("out", type=Path, help="the .safetensors vector file to write")
+    p.add_argument("--format", required=True, choices=("bias", "npy", "gguf"))
+    p.add_argument("--model", help="the model the vectors belong to (required for npy; checked and recorded)")
+    p.set_defaults(run=_import)
 
     p = sub.add_parser("train", help="train steering vectors with RLOO from a YAML config")
     p.add_argument("config", type=Path, help="a YAML config, or a preset name: smoke, demo-cpu, paper/…")
@@ -438,14 +496,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except RlsteerError as err:
-        print(f"rlsteer: error: {err}", file=sys.stderr)
+        print(f"rlsteer: error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # always one line
         return 2
+    except Interrupted as stop:  # SIGINT/SIGTERM in train or eval: what was saved, and how to go on
+        if args.command != "train" or not stop.resume:  # eval, demo and sweeps resume when run again
+            stop.resume = shlex.join(["rlsteer", *(sys.argv[1:] if argv is None else argv)])
+        print(f"rlsteer: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("rlsteer: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:  # a file system failure no library code turned into an RlsteerError
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rlsteer: error: {where}{err.strerror or err}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -107,7 +107,10 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
     if limit is not None:
         problems = problems[:limit]
     if not problems:
-        raise DataError(f"dataset {spec!r} has no problems" + (f" after limit={limit}" if limit is not None else ""))
+        if limit is not None and limit < 1:
+            raise DataError(f"dataset {spec!r} has no problems after limit={limit}; use a limit of at least 1")
+        raise DataError(f"dataset {spec!r} has no problems; give a file with one JSON object per line with "
+                        "problem and answer fields, or another dataset")
     return problems
 
 
@@ -287,5 +290,9 @@ def _synthetic_options(spec: str) -> dict[str, Any]:
         if not sep or key not in ("n", "operands", "digits", "ops", "seed", "style"):
             raise DataError(f"bad synthetic option {item!r}; use n, operands, digits, ops, seed or style, "
                             "e.g. synthetic-arithmetic:n=200,digits=2,ops=+-")
-        options[key] = value if key in ("ops", "style") else int(value)
+        try:
+            options[key] = value if key in ("ops", "style") else int(value)
+        except ValueError:
+            raise DataError(f"synthetic option {key}={value!r} needs an integer, e.g. "
+                            "synthetic-arithmetic:n=200") from None
     return options

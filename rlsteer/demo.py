@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from rlsteer.analysis.lens import run_lens
-from rlsteer.analysis.output import write_atomically
 from rlsteer.analysis.persistence import PersistenceConfig, run_persistence
 from rlsteer.analysis.sweep import is_finished
 from rlsteer.analysis.token_shift import ShiftConfig, run_token_shift
@@ -49,6 +48,7 @@ from rlsteer.config import (
 )
 from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import EvalSession
+from rlsteer.io import write_atomically
 from rlsteer.models import DEFAULT_MODEL, load_model
 from rlsteer.report import build_report
 from rlsteer.steering.hooks import steer

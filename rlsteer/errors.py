@@ -1,5 +1,54 @@
-"""The one base class of every error rlsteer raises for bad input: the CLI prints its message on one line."""
+"""The one base class of every error rlsteer raises for bad input: the CLI prints its message on one line.
+
+:class:`OutputError` is the error of a write that failed (a read-only folder, a full disk); :func:`writing`
+turns an ``OSError`` inside a block into one, naming the path.
+
+Example:
+    >>> try:
+    ...     with writing("/no/such/dir/x.json"):
+    ...         open("/no/such/dir/x.json", "w")
+    ... except OutputError as err:
+    ...     print(err)
+    cannot write /no/such/dir/x.json: No such file or directory; choose another output folder
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class RlsteerError(ValueError):
-    """A problem with the user's input or environment; the message names it and says how to fix it."""
+    """A problem with the user's input or environment; the message names it and says how to fix it.
+
+    The message is always one line: line breaks (say, from a key or value the user typed) become spaces.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(" ".join(a.splitlines()) if isinstance(a, str) else a for a in args))
+
+
+class OutputError(RlsteerError):
+    """A file or folder rlsteer cannot write: the message names the path, the cause and the fix."""
+
+
+_FIXES = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some disk space (quota) or write elsewhere",
+    errno.EACCES: "choose a writable folder or fix its permissions",
+    errno.EPERM: "choose a writable folder or fix its permissions",
+    errno.EROFS: "choose a folder on a writable file system",
+}
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block (which writes ``path``) into a one-line :class:`OutputError`."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err).strip() or type(err).__name__
+        fix = _FIXES.get(err.errno or 0, "choose another output folder")
+        raise OutputError(f"cannot write {os.fspath(path)}: {reason}; {fix}") from None

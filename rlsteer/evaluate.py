@@ -43,11 +43,13 @@ from tqdm.auto import tqdm
 from rlsteer.aggregate import PAPER_BENCHMARKS, headline, mean_std, scores
 from rlsteer.config import EvalConfig, read_yaml, to_dict
 from rlsteer.data import REGISTRY, Problem, load_problems
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, writing
+from rlsteer.interrupt import Interrupted, held, interruptible
+from rlsteer.io import remove_leftovers, write_atomically
 from rlsteer.models import DEFAULT_MODEL, load_model
 from rlsteer.rewards import RewardBatch, RewardPool, extract_answer
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
-from rlsteer.steering.sites import HEAD_SITES, PATCH_SITES, Entry, SiteError
+from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES, PATCH_SITES, Entry, SiteError
 from rlsteer.steering.vectors import SteeringVectors, read_vector_file
 from rlsteer.templates import Prompt, build_prompt
 
@@ -164,12 +166,32 @@ def patch_from(vectors: SteeringVectors, variant: str, *, layer: int | None = No
         raise SiteError(f"the file has resid_post/resid_pre vectors at layers {layers}; name one with patch_layer")
     chosen = [e for e in sources if e.layer == (layer if layer is not None else layers[0])]
     if len(chosen) != 1:
-        raise SiteError(f"patch_layer must name exactly one of the file's resid_post/resid_pre layers {layers}")
+        what = f"patch_layer {layer} is not" if not chosen else f"layer {chosen[0].layer} has both a resid_post and"
+        raise SiteError(f"{what} one of the file's resid_post/resid_pre layers {layers}; pass --layer "
+                        "(target.patch_layer) with one of them")
     source = chosen[0]
     if (variant in HEAD_SITES) != (head is not None):
         raise SiteError(f"{variant} {'needs' if variant in HEAD_SITES else 'takes no'} a head (patch_head)")
     block = source.layer + 1 if source.site == "resid_post" else source.layer
     return {Entry(variant, block, head): vectors.vector(source).detach()}
+
+
+def check_patch_fits(patch: dict[Entry, torch.Tensor], model: Any) -> None:
+    """Raise :class:`EvalError` unless every patched block and head exists in ``model``."""
+    from rlsteer.architectures import architecture_of
+
+    arch = architecture_of(model)
+    for entry in patch:
+        if entry.layer >= arch.n_layers:
+            raise EvalError(f"target.patch: the vector feeds block {entry.layer}, which the model does not have "
+                            f"({arch.n_layers} layers, 0..{arch.n_layers - 1}); patch a vector of an earlier "
+                            "layer (--layer)")
+        if entry.head is not None:
+            kv = entry.site in KV_HEAD_SITES
+            limit, kind = (arch.n_kv_heads, "KV heads") if kv else (arch.n_heads, "query heads")
+            if entry.head >= limit:
+                raise EvalError(f"target.patch_head={entry.head} is out of range for {entry.site}: the model has "
+                                f"{limit} {kind}; pass --head 0..{limit - 1}")
 
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -194,7 +216,9 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
 
 
 def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with path.open("a") as f:
+    """Append whole lines and flush them to disk; SIGINT/SIGTERM wait for them (``kill -9`` can tear the last
+    line, which :func:`read_samples` then drops)."""
+    with writing(path), held(), path.open("a") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
@@ -204,9 +228,17 @@ def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Evaluate every target ``cfg`` names; returns their results (also written to each output directory)."""
-    with EvalSession(cfg, log=log) as session:
-        return session.run(cfg)
+    """Evaluate every target ``cfg`` names; returns their results (also written to each output directory).
+
+    SIGINT/SIGTERM raise :class:`rlsteer.interrupt.Interrupted` once the samples being written are on disk;
+    evaluating the same config again resumes.
+    """
+    try:
+        with interruptible(), EvalSession(cfg, log=log) as session:
+            return session.run(cfg)
+    except Interrupted as stop:
+        stop.detail = "the finished samples are saved"
+        raise
 
 
 class EvalSession:
@@ -259,6 +291,8 @@ class EvalSession:
         for target in targets:
             vectors = SteeringVectors.load(target.vectors, self.model) if target.vectors is not None else None
             steering = steering_for(vectors, cfg)
+            if isinstance(steering, dict):
+                check_patch_fits(steering, self.model)  # before the output directory is made
             protocol = protocol_record(cfg, target, specs, benchmarks)
             prepare_out(target.out, protocol)
             self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
@@ -416,14 +450,10 @@ def prepare_out(out: Path, protocol: dict[str, Any]) -> None:
         if {k: old.get(k) for k in key} != key:
             raise EvalError(f"{out} holds an evaluation with another protocol or vector; pass another out= or "
                             "delete it")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(protocol, indent=1))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(out):
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)  # of writes a kill -9 cut short
+    write_atomically(path, json.dumps(protocol, indent=1))
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -471,9 +501,11 @@ def summarize(out: Path, cfg: EvalConfig, benchmarks: dict[str, list[Problem]], 
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
-    _write_atomically(out / "results.json", json.dumps(results, indent=1))
-    _write_atomically(out / "results.md", markdown_table(results) + "\n")
-    _write_atomically(out / "results.csv", csv_table(results))
+    """results.json, .md and .csv, each atomically; a signal waits for all three."""
+    with held():
+        write_atomically(out / "results.json", json.dumps(results, indent=1))
+        write_atomically(out / "results.md", markdown_table(results) + "\n")
+        write_atomically(out / "results.csv", csv_table(results))
 
 
 def _rows(results: dict[str, Any]) -> Iterator[tuple[str, int, int, str, float, float]]:

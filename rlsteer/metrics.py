@@ -19,7 +19,9 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, writing
+from rlsteer.interrupt import held
+from rlsteer.io import write_atomically
 
 
 class Tracker(Protocol):
@@ -78,8 +80,11 @@ def make_tracker(kind: str, run_dir: Path, config: dict[str, Any]) -> Tracker:
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a killed run keeps every finished step)."""
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one JSON line and flush it to disk (a killed run keeps every finished step).
+
+    SIGINT/SIGTERM wait for the line; only ``kill -9`` can tear it, and :func:`read_metrics` skips a torn line.
+    """
+    with writing(path), held(), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, allow_nan=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -101,6 +106,4 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep only the records of steps ≤ ``last_step`` (used when resuming from a checkpoint), atomically."""
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -108,10 +109,7 @@ def load_model(
         elif _looks_like_hub_id(text):
             model, tok = _from_hub(text, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
         else:
-            raise ModelLoadError(
-                f"unknown model {text!r}: not a built-in alias ({', '.join(aliases())}), an existing path, "
-                "or a hub id of the form owner/name"
-            )
+            raise unknown_model(text)
         source = text
     config: Any = model.config
     config.rlsteer_source = source
@@ -162,8 +160,15 @@ def model_folder(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, seed: int = 0)
         return str(path)
     if _looks_like_hub_id(text):
         return text
-    raise ModelLoadError(f"unknown model {text!r}: not a built-in alias ({', '.join(aliases())}), an existing path, "
-                         "or a hub id of the form owner/name")
+    raise unknown_model(text)
+
+
+def unknown_model(text: str) -> ModelLoadError:
+    """The error for a spec that is no alias, path or hub id: the closest alias and the forms a spec takes."""
+    close = difflib.get_close_matches(text, aliases(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f" ({', '.join(aliases())})"
+    return ModelLoadError(f"unknown model {text!r}: not a built-in alias{hint} Pass an alias (`rlsteer models` "
+                          "lists them), a folder written by save_pretrained, a .gguf file, or a hub id owner/name")
 
 
 def _tiny_seed(text: str, seed: int) -> tuple[str, int]:
@@ -232,13 +237,19 @@ def _looks_like_hub_id(text: str) -> bool:
 
 
 def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from rlsteer.interop import load_pretrained  # keeps a bias checkpoint's down_proj biases (its steering)
+
+    # weights from safetensors only (never a pickled .bin), and never a hub request for a local folder
+    local: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        model = load_pretrained(folder, dtype=dtype, use_safetensors=True, **local)
+        tok = AutoTokenizer.from_pretrained(folder, **local)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load the model in {folder}: {_first_line(err)}") from err
+        hint = "" if any(Path(folder).glob("*.safetensors")) else (
+            " (rlsteer reads safetensors weights only; re-save pickled .bin weights with save_pretrained)")
+        raise ModelLoadError(f"cannot load the model in {folder}: {_first_line(err)}{hint}") from err
     return model, tok
 
 
@@ -248,12 +259,13 @@ def _from_hub(repo: str, *, dtype: torch.dtype, revision: str | None,
 
     try:
         tok = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype,
+        model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ModelLoadError(
             f"cannot load {repo!r} from the hub: {_first_line(err)} (check the id and your network, or use a "
-            "local folder; set HF_HUB_OFFLINE=1 to use the local HF cache only)"
+            "local folder; set HF_HUB_OFFLINE=1 to use the local HF cache only; rlsteer loads safetensors "
+            "weights only)"
         ) from err
     return model, tok
 
@@ -287,8 +299,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     folder, name = str(gguf.parent), gguf.name
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"cannot read GGUF file {gguf}: {_first_line(err)}") from err
     rebuilt = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
@@ -317,7 +330,8 @@ def smollm2_tokenizer() -> Any:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=folder.parent))
         try:
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                          local_files_only=True).save_pretrained(staging)
             try:
                 staging.rename(folder)
             except OSError:
@@ -325,7 +339,7 @@ def smollm2_tokenizer() -> Any:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def _tiny_config(family: str, tok: Any) -> Any:

@@ -296,8 +296,11 @@ class RewardPool:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # A session of its own: a Ctrl-C meant for rlsteer (the terminal sends it to the whole process group)
+        # would otherwise kill the worker mid-answer, and the pool would score that answer a parse failure;
+        # the pool stops its workers itself (close() and _replace()).
         proc = subprocess.Popen([sys.executable, "-m", "rlsteer.verify_worker", self.verify], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env)
+                                stdout=subprocess.PIPE, env=env, start_new_session=True)
         # Wait for the worker's imports before any deadline starts counting.
         ready = wait([proc.stdout], timeout=120)  # type: ignore[list-item]
         line = proc.stdout.readline() if ready and proc.stdout else b""

@@ -109,7 +109,8 @@ def prefix_ids(tokenizer: Any, prefix: str) -> list[int]:
     """Token ids of a prefix; an empty tokenisation is an error, more than one token a warning."""
     ids = list(tokenizer.encode(prefix, add_special_tokens=False))
     if not ids:
-        raise TemplateError(f"prefix {prefix!r} tokenises to nothing; pass a non-empty prefix such as 'To'")
+        raise TemplateError(f"prefix {prefix!r} tokenises to nothing; give text the tokenizer knows, such as "
+                            "'To', or no prefix at all (leave it unset; `--prefix \"\"` in rlsteer eval)")
     if len(ids) > 1:
         pieces = [tokenizer.decode([i]) for i in ids]
         warnings.warn(f"prefix {prefix!r} is {len(ids)} tokens {pieces}; the paper appends a single token "

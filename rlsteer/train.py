@@ -20,7 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from rlsteer.architectures import architecture_of
-from rlsteer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlsteer.checkpoint import Snapshot, latest_checkpoint, load_checkpoint, save_checkpoint
 from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
 from rlsteer.data import Problem, load_problems
 from rlsteer.distributed import (
@@ -48,13 +50,15 @@ from rlsteer.distributed import (
     sum_gradients,
 )
 from rlsteer.errors import RlsteerError
+from rlsteer.interrupt import Interrupted, held, interruptible
+from rlsteer.io import remove_leftovers, write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity
 from rlsteer.rewards import RewardBatch, RewardPool, Status
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
-from rlsteer.steering.sites import HEAD_SITES, Entry
+from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES, Entry
 from rlsteer.steering.vectors import SteeringVectors
 from rlsteer.templates import Prompt, build_prompt
 
@@ -68,16 +72,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
 
     Under ``torchrun``/``accelerate launch`` each process is one data-parallel rank (see
     :mod:`rlsteer.distributed`); rank 0 logs and writes the run directory.
+
+    SIGINT/SIGTERM stop the run cleanly: the step in progress is dropped, the last finished step is
+    checkpointed (if it is not yet) and :class:`rlsteer.interrupt.Interrupted` says how to resume; the
+    resumed run ends with the same vectors as an uninterrupted one.
     """
     world = init_world(cfg.model.device)
     try:
-        return _train(cfg, resume, log if world.is_main else _silent, world)
+        with interruptible():
+            return _train(cfg, resume, log if world.is_main else _silent, world)
+    except Interrupted as stop:
+        if (cfg.run.path / "config.yaml").is_file():
+            stop.resume = f"rlsteer train {shlex.quote(str(cfg.run.path / 'config.yaml'))} --resume"
+        raise
     finally:
         close_world(world)
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World) -> Path:
-    run_dir = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
     # converted/tiny model folders are written once, by rank 0 (transformers' save_pretrained is a no-op on
     # other ranks); the others then read the cached copy
     on_main(lambda: model_folder(cfg.model.name) if cfg.rollout.backend == "vllm" or world.enabled else None, world)
@@ -90,14 +102,17 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     world.shard(cfg.rl.prompts_per_step)  # fail early when the groups do not split over the ranks
     prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
     vectors = build_vectors(model, cfg)
+    # the run directory appears only once the model, data and steering config have been checked, so bad
+    # input leaves no half-made run behind (which would then ask for --resume)
+    run_dir = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=0.0)
     start = 0
     if resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
         start = load_checkpoint(ckpt, vectors, optimizer)["step"]
-        if world.is_main:
-            truncate_metrics(run_dir / "metrics.jsonl", start)
         log(f"resuming {run_dir} from {ckpt.name}")
+    if resume and world.is_main:  # drops the steps after the checkpoint (all of them when there is none)
+        truncate_metrics(run_dir / "metrics.jsonl", start)
     backend = make_backend(cfg, model, tok, world)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                               max_new_tokens=cfg.rollout.max_new_tokens,
@@ -107,28 +122,31 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     ranks = f" on {world.size} ranks" if world.enabled else ""
     log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}{ranks}: {cfg.rl.steps} steps × "
         f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run_dir}")
+    completed = Snapshot.take(start, vectors, optimizer)  # the state after the last finished step
     try:
         for step in range(start, cfg.rl.steps):
             batch = batch_indices(len(problems), step, cfg.rl.prompts_per_step, cfg.rl.seed + cfg.data.shuffle_seed)
             record = rl_step(step, [prompts[i] for i in batch], [problems[i] for i in batch], model, tok, vectors,
                              optimizer, backend, sampling, scorer, cfg, world)
+            check_finite(step + 1, record, vectors, run_dir)  # before anything of the step is written
             if cfg.run.check_sync:
                 record["checksum"] = check_in_sync(list(vectors.parameters()), world, step + 1)
-            if world.is_main:
-                append_metrics(run_dir / "metrics.jsonl", record)
-                tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
-            log(format_record(record))
-            if not all(torch.isfinite(v).all() for v in vectors.vectors().values()):
-                raise TrainingError(f"step {step + 1} made the vectors NaN or inf; the last good checkpoint is "
-                                    f"{latest_checkpoint(run_dir / 'checkpoints')}; lower optim.lr and resume")
-            if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
-                save_checkpoint(run_dir / "checkpoints", step + 1, vectors, optimizer,
-                                vector_metadata={"config_hash": config_hash(cfg), "step": str(step + 1)})
-                save_vectors(vectors, model, cfg, run_dir)
+            with held():  # SIGINT/SIGTERM wait until the finished step is logged (and checkpointed when due)
+                if world.is_main:
+                    append_metrics(run_dir / "metrics.jsonl", record)
+                    tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
+                log(format_record(record))
+                if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
+                    save_step(run_dir, step + 1, vectors, optimizer, model, cfg)
+                completed = Snapshot.take(step + 1, vectors, optimizer)
         if world.is_main:
             save_vectors(vectors, model, cfg, run_dir)
         barrier(world)  # no rank leaves before the run directory is complete (and before vLLM's shutdown,
         #                 which in torchrun mode tears down the process group)
+    except Interrupted as stop:
+        if world.is_main:
+            stop.detail = checkpoint_interrupted(completed, vectors, optimizer, model, cfg, run_dir)
+        raise
     finally:
         tracker.close()
         scorer.close()
@@ -248,6 +266,7 @@ def build_vectors(model: nn.Module, cfg: TrainConfig) -> SteeringVectors:
     arch = architecture_of(model)
     s = cfg.steering
     layers = range(arch.n_layers) if s.layers == "all" else s.layers
+    check_steering(cfg, arch)
     entries = [Entry(site, layer, s.head if site in HEAD_SITES else None) for layer in layers for site in s.sites]
     meta = {**model_identity(model), "template": cfg.data.template, "config_hash": config_hash(cfg)}
     if cfg.data.prefix is not None:
@@ -268,6 +287,24 @@ def build_vectors(model: nn.Module, cfg: TrainConfig) -> SteeringVectors:
                 raise TrainingError(f"{missing[0]} has no {entry.name} entry for this run to stay orthogonal to")
             vectors.constrain_orthogonal(entry, torch.stack([f.vector(entry).detach().cpu() for f in fixed]))
     return vectors.to(next(model.parameters()).device)
+
+
+def check_steering(cfg: TrainConfig, arch: Any) -> None:
+    """Raise :class:`TrainingError` unless ``steering.layers`` and ``steering.head`` fit the model ``arch``."""
+    s, name = cfg.steering, cfg.model.name
+    if s.layers != "all":
+        bad = [layer for layer in s.layers if not 0 <= layer < arch.n_layers]
+        if bad:
+            raise TrainingError(f"steering.layers has {bad[0]}, out of range: {name} has {arch.n_layers} layers "
+                                f"(0..{arch.n_layers - 1}); use steering.layers=[{arch.n_layers - 1}] or 'all'")
+    head_sites = [site for site in s.sites if site in HEAD_SITES]
+    if head_sites and s.head is None:
+        raise TrainingError(f"steering.sites has {head_sites[0]}, which needs steering.head (e.g. steering.head=0)")
+    for site in head_sites:
+        limit, kind = (arch.n_kv_heads, "KV heads") if site in KV_HEAD_SITES else (arch.n_heads, "query heads")
+        if not 0 <= int(s.head or 0) < limit:
+            raise TrainingError(f"steering.head={s.head} is out of range for {site}: {name} has {limit} {kind} "
+                                f"(0..{limit - 1})")
 
 
 def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -363,10 +400,9 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
                                 f"same settings (only rl.steps and run.* may change), e.g. rlsteer train {saved} "
                                 "--resume")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(dump_yaml(cfg))
-        tmp.replace(saved)
+        write_atomically(saved, dump_yaml(cfg))
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_leftovers(folder)  # of writes a kill -9 cut short
     except OSError as err:
         raise TrainingError(f"cannot write to the run directory {run_dir}: {err.strerror}; choose a writable "
                             "run.dir") from None
@@ -375,6 +411,48 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
 
 def save_vectors(vectors: SteeringVectors, model: nn.Module, cfg: TrainConfig, run_dir: Path) -> Path:
     return vectors.save(run_dir / "vectors.safetensors", config_hash=config_hash(cfg))
+
+
+def save_step(run_dir: Path, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
+              model: nn.Module, cfg: TrainConfig) -> Path:
+    """``checkpoints/step-{step}`` and ``vectors.safetensors``: the run's state after ``step``."""
+    path = save_checkpoint(run_dir / "checkpoints", step, vectors, optimizer,
+                           vector_metadata={"config_hash": config_hash(cfg), "step": str(step)})
+    save_vectors(vectors, model, cfg, run_dir)
+    return path
+
+
+def checkpoint_interrupted(completed: Snapshot, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
+                           model: nn.Module, cfg: TrainConfig, run_dir: Path) -> str:
+    """After a signal: checkpoint the last finished step unless a checkpoint holds it already (the vectors
+    and optimizer are first put back to that step, since the signal may have come in the middle of the
+    next one's update); returns what is on disk, in words."""
+    with held():
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        saved = int(latest.name.removeprefix("step-")) if latest is not None else 0
+        if completed.step > saved:
+            completed.restore(vectors, optimizer)
+            latest = save_step(run_dir, completed.step, vectors, optimizer, model, cfg)
+    if latest is None:
+        return f"0 of {cfg.rl.steps} steps done"
+    return f"{completed.step} of {cfg.rl.steps} steps done, checkpoint {latest}"
+
+
+def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, run_dir: Path) -> None:
+    """Stop the run when ``step`` produced a NaN or inf loss, gradient norm or vector.
+
+    Called before the step's metrics line or checkpoint is written, so the run directory keeps only good
+    steps; the error names the step and the last good checkpoint to resume from.
+    """
+    bad = [name for name in ("loss", "grad_norm") if not math.isfinite(record[name])]
+    bad += [f"vector {e.name}" for e, v in vectors.vectors().items() if not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    last = latest_checkpoint(run_dir / "checkpoints")
+    kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"
+    raise TrainingError(f"step {step} made {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} NaN or inf, so the "
+                        f"run stopped without saving it; {kept}; lower optim.lr (or optim.max_grad_norm) and "
+                        "rerun with --resume")
 
 
 def format_record(r: dict[str, Any]) -> str:

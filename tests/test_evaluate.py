@@ -11,6 +11,7 @@ import torch
 from rlsteer import evaluate as ev
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, load_config
+from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import (
     EvalError,
     compare_table,
@@ -141,8 +142,10 @@ def test_aggregation_by_hand(tmp_path):
 
 
 def test_greedy_protocol_forces_one_sample():
-    cfg = load_config(EvalConfig, "eval/paper-greedy", ["protocol.n={aime24: 32}"])
+    cfg = load_config(EvalConfig, "eval/paper", ["protocol.temperature=0"])  # the paper's n=32 made greedy
     assert cfg.protocol.samples("aime24") == 1
+    with pytest.raises(RlsteerError, match="protocol.n asks for several samples"):  # asked for explicitly
+        load_config(EvalConfig, "eval/paper-greedy", ["protocol.n={aime24: 32}"])
     paper = load_config(EvalConfig, "eval/paper")
     assert [paper.protocol.samples(b) for b in paper.protocol.benchmarks] == [32, 32, 32, 1, 1, 1]
     assert paper.protocol.seeds == (0, 1, 2) and paper.protocol.temperature == 1.0

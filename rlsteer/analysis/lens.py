@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from rlsteer.analysis.inputs import load_with_vectors
-from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
+from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.architectures import architecture_of
+from rlsteer.io import write_atomically
 from rlsteer.steering.vectors import SteeringVectors
 
 

@@ -25,6 +25,8 @@ matplotlib.use("Agg")  # headless: analyses run on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rlsteer.io import write_atomically  # noqa: E402
+
 
 def analysis_dir(vectors: Path, kind: str, out: str | os.PathLike[str] | None = None) -> Path:
     """``out``, else ``<run>/analysis/<kind>`` for a run's vector file, else ``analysis/<stem>/<kind>``."""
@@ -35,13 +37,6 @@ def analysis_dir(vectors: Path, kind: str, out: str | os.PathLike[str] | None = 
             suffix = "" if parent == vectors.parent else f"-{vectors.parent.name}"
             return parent / "analysis" / f"{kind}{suffix}"
     return Path("analysis") / vectors.stem / kind
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def write_records(stem: Path, records: Sequence[dict[str, Any]]) -> None:

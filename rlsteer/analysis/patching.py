@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from rlsteer.analysis.inputs import with_vector_defaults
-from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
+from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.evaluate import EvalSession
+from rlsteer.io import write_atomically
 from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES
 
 BASELINES = ("base", "full", "skip_attn", "skip_layer")

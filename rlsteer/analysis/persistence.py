@@ -40,9 +40,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
-from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
+from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.errors import RlsteerError
+from rlsteer.io import write_atomically
 from rlsteer.rollout import HFBackend, Request, SamplingParams
 from rlsteer.steering.hooks import first, steer
 from rlsteer.steering.sites import Entry

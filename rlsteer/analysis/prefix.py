@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rlsteer.analysis.inputs import with_vector_defaults
-from rlsteer.analysis.output import analysis_dir, save_figure, write_atomically, write_records
+from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.evaluate import EvalSession, compare_table
+from rlsteer.io import write_atomically
 
 MODES = ("greedy", "sampled")
 

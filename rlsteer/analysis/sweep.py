@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from rlsteer.analysis.output import save_figure, write_atomically, write_records
+from rlsteer.analysis.output import save_figure, write_records
 from rlsteer.checkpoint import latest_checkpoint
 from rlsteer.config import EvalConfig, TargetSection, TrainConfig, dump_yaml
 from rlsteer.evaluate import EvalSession
+from rlsteer.io import write_atomically
 from rlsteer.steering.sites import Entry
 from rlsteer.steering.vectors import SteeringVectors
 

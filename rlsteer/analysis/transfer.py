@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlsteer.analysis.output import save_figure, write_atomically, write_records
+from rlsteer.analysis.output import save_figure, write_records
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import EvalSession
+from rlsteer.io import write_atomically
 from rlsteer.steering.vectors import read_vector_file
 
 

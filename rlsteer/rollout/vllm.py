@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,6 +114,10 @@ class VLLMBackend:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model, revision=revision)
+        if _carries_steering_biases(model, config):
+            raise VLLMError(f"{model} is a down_proj-bias checkpoint; the vLLM backend steers through those biases "
+                            "itself and would run it unsteered. Import the vectors (rlsteer import --format bias "
+                            f"{model} vectors.safetensors) and use them on the base model, or use the hf backend")
         self.n_layers, self.d_model = config.num_hidden_layers, config.hidden_size
         arch = steered_architecture(config.architectures[0] if config.architectures else "?")
         parallel: dict[str, Any] = {"distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp"}
@@ -126,6 +131,7 @@ class VLLMBackend:
         self.progress = progress
         self._vllm = vllm
         self._loaded: str | None = None
+        engine_args.setdefault("load_format", "safetensors")  # never pickled .bin weights
         self.llm = vllm.LLM(
             model=model, tokenizer=model, revision=revision, dtype=dtype, seed=seed,
             hf_overrides={"architectures": [arch]}, max_model_len=max_model_len,
@@ -210,3 +216,15 @@ def _want_progress(progress: bool | None) -> bool:
 
         return sys.stderr.isatty()
     return progress
+
+
+def _carries_steering_biases(model: str, config: Any) -> bool:
+    """Whether a local model folder already holds ``down_proj`` biases (rlsteer's export or the authors')."""
+    if getattr(config, "rlsteer_steering", None):
+        return True
+    folder = Path(model)
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+        return False
+    from rlsteer.interop import read_checkpoint_biases
+
+    return bool(read_checkpoint_biases(folder))

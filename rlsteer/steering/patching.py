@@ -63,6 +63,9 @@ def patch(model: nn.Module, vector: torch.Tensor, layer: int, variant: str,
         raise SiteError(f"unknown patch variant {variant!r}; variants: {', '.join(PATCH_SITES)}")
     if vector.shape != (arch.d_model,):
         raise SiteError(f"patch vector has shape {tuple(vector.shape)}, the model needs ({arch.d_model},)")
+    if not 0 <= layer < arch.n_layers:
+        raise SiteError(f"patch layer {layer} is out of range: the model has {arch.n_layers} layers "
+                        f"(0..{arch.n_layers - 1})")
     head_tuple = () if heads is None else (heads,) if isinstance(heads, int) else tuple(int(h) for h in heads)
     if variant in BRANCH_SITES:
         _check_heads(arch, variant, head_tuple)

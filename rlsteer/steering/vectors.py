@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from rlsteer.errors import RlsteerError
+from rlsteer.io import replacing
 from rlsteer.steering.constraints import orthonormal_basis, project_out
 from rlsteer.steering.sites import KV_HEAD_SITES, Entry, SiteError
 
@@ -258,15 +258,8 @@ class SteeringVectors(nn.Module):
                       scale=repr(self.scale))
         tensors = {e.name: v.detach().to("cpu", torch.float32).contiguous()
                    for e, v in self.vectors(scaled=False).items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
         return path
 
     @classmethod
@@ -303,27 +296,43 @@ def read_vector_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             header = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as err:  # safetensors raises several types for bad headers and truncated data
+        kind = _foreign_kind(path)
+        if kind is not None:
+            raise VectorFileError(f"{path} is {kind}, not a safetensors vector file; rlsteer never unpickles "
+                                  "files: convert it with `rlsteer import` or save the vectors with "
+                                  "SteeringVectors.save") from None
         raise VectorFileError(f"{path} is not a readable safetensors vector file ({_one_line(err)}); "
                               "rlsteer reads only safetensors files written by SteeringVectors.save "
                               "or `rlsteer export`") from None
     if not tensors:
         raise VectorFileError(f"{path} holds no vectors")
-    widths = {t.shape[-1] for t in tensors.values()}
+    widths = {t.shape[-1] if t.ndim else 0 for t in tensors.values()}
     if "d_model" not in header:
         if len(widths) != 1:
             raise VectorFileError(f"{path} has vectors of different widths {sorted(widths)}")
         header["d_model"] = str(widths.pop())
-    d_model = int(header["d_model"])
+    try:
+        d_model = int(header["d_model"])
+    except ValueError:
+        d_model = 0
+    if d_model <= 0:
+        raise VectorFileError(f"{path}: header d_model {header['d_model']!r} is not a positive integer; the file "
+                              "is damaged, save the vectors again")
+    seen: dict[Entry, str] = {}
     for name, t in tensors.items():
         try:
-            Entry.parse(name)
+            entry = Entry.parse(name)
         except SiteError as err:
             raise VectorFileError(f"{path}: tensor {name!r} is not a steering entry ({err})") from None
+        if entry in seen:
+            raise VectorFileError(f"{path}: tensors {seen[entry]!r} and {name!r} are both entry {entry.name}; "
+                                  "the file is damaged, save the vectors again")
+        seen[entry] = name
         if t.ndim != 1 or t.shape[0] != d_model:
             raise VectorFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected ({d_model},)")
         if not t.is_floating_point():
             raise VectorFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a float dtype")
-        if not bool(torch.isfinite(t).all()):
+        if not bool(torch.isfinite(t.to(torch.float32)).all()):  # (isfinite lacks some float8 kernels)
             raise VectorFileError(f"{path}: tensor {name} contains NaN or inf")
     scale = header.get("scale", "1.0")
     try:
@@ -350,7 +359,21 @@ def check_entries_fit(arch: Any, d_model: int, entries: Iterable[Entry], metadat
             if entry.head >= limit:
                 kind = "KV heads" if kv else "query heads"
                 raise VectorFileError(f"entry {entry.name}: head {entry.head} is out of range, the model has "
-                                      f"{limit} {kind} (0..{limit - 1})")
+                                      f"{limit} {kind} (0..{limit - 1}); made for {made_for}")
+
+
+_MAGIC = ((b"PK\x03\x04", "a zip archive (torch.save's format)"), (b"\x80", "a Python pickle (torch.save)"),
+          (b"\x93NUMPY", "a .npy array"), (b"GGUF", "a GGUF file"))
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What an unreadable vector file looks like by its first bytes alone (None: unknown); never deserialises."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(8)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC if start.startswith(magic)), None)
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,0 +1,504 @@
+"""Steering vectors in other tools' formats: ``rlsteer export`` and ``rlsteer import``.
+
+=========  =================================================  ==================================================
+format     what                                               where rlsteer's vectors go
+=========  =================================================  ==================================================
+bias       a HF model folder (the authors' checkpoints)       ``model.layers.{ℓ}.mlp.down_proj.bias`` = resid_post.ℓ
+npy        the authors' ``steering_vectors.npy``, ``[L, d]``  row ℓ = resid_post.ℓ
+gguf       llama.cpp control vector (repeng's format)         tensor ``direction.{ℓ}`` = resid_post.ℓ, ℓ ≥ 1
+lm-eval    lm-evaluation-harness ``steered`` model, ``.pt``   ``layers.{ℓ}`` = resid_post.ℓ, ``layers.{ℓ}.self_attn``
+           (export only)                                      = attn_out.ℓ
+=========  =================================================  ==================================================
+
+All four formats index a vector by the block whose output it is added to. Export therefore writes
+``resid_pre.ℓ`` (ℓ ≥ 1) as ``resid_post.ℓ−1``, the same tensor: block ℓ−1's output is block ℓ's input in every
+supported family. It writes ``skip_layer`` as ``resid_post`` and ``full`` as ``resid_pre``, as the vLLM backend
+does. Vectors that land on the same place are summed. The global scale is multiplied in. Import always
+gives ``resid_post`` entries. Any other entry (per-head patches, ``ln*_out``, and ``attn_out`` outside lm-eval)
+raises :class:`InteropError`. The message names the entry and the formats that can hold it.
+
+**llama.cpp's layer index, read in its source** (line numbers at ggerganov/llama.cpp c392e50):
+``common/common.cpp:1935-1951`` (``common_control_vector_load_one``) parses ``direction.N`` and rejects N = 0,
+which skips the whole file. ``:1973-1979`` then stores direction.N at offset n_embd·(N−1) of a buffer that
+``include/llama.h:571-572`` says starts "from layer 1". ``src/llama-adapter.cpp:124-131``
+(``llama_adapter_cvec::apply``) fills ``tensors[il]`` from offset n_embd·(il−1) for il = 1..n_layer−1, and
+``:65`` never gives block 0 a tensor. ``:22-28`` (``apply_to``) adds ``tensors[il]`` to ``cur``.
+``src/llama.cpp:1610-1614`` (``build_llama``) calls ``apply_to(ctx0, cur, il)`` right after the FFN residual
+add and names the result ``l_out``; on ggml-org/llama.cpp master, ``src/models/llama.cpp`` has
+``cur = build_cvec(cur, il); cb(cur, "l_out", il)`` in the same place. ``blk.{il}`` is HF's
+``model.layers.{il}`` (gguf-py ``tensor_mapping.py``: ``model.layers.{bid}.mlp.down_proj`` → ``blk.{bid}.ffn_down``).
+So **direction.N is resid_post.N**, and block 0's output cannot be steered. repeng (vgel/repeng 0ba7196) agrees:
+``extract.py:137-146`` writes ``direction.{layer}`` for its layer ids; ``control.py:30-35, 149-197`` adds
+``directions[i]`` to the output of ``model.layers[i]``; ``extract.py:274`` picks layers L−1…1 by default.
+Import reads a ``direction.0`` as resid_post.0, which is repeng's meaning. Export refuses resid_post.0
+because llama.cpp would reject the whole file.
+
+**lm-eval** (EleutherAI/lm-evaluation-harness 4e7e0d4, ``lm_eval/models/hf_steered.py``): ``:51-54`` resolves
+hook names in ``model.base_model.named_modules()``, the decoder inside ``*ForCausalLM``, so the names are
+``layers.{ℓ}``, not ``model.layers.{ℓ}``. ``:36-44`` adds the vector to the hooked module's output (or its first
+element). ``:79-90`` gives the ``.pt`` layout. ``:124-131``: ``action="add"`` adds
+vector × coefficient at every position and needs ``bias`` None.
+
+Example:
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from rlsteer.steering import SteeringVectors
+    >>> sv = SteeringVectors.from_dict({1: torch.ones(8), 3: torch.full((8,), 2.0)})
+    >>> out = export_vectors(sv, Path(tempfile.mkdtemp()) / "v.gguf", "gguf")
+    >>> back = import_vectors(out, "gguf")
+    >>> [e.name for e in back.entries], float(back.vector("resid_post.3")[0])
+    (['resid_post.1', 'resid_post.3'], 2.0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlsteer.errors import RlsteerError
+from rlsteer.steering.sites import Entry
+from rlsteer.steering.vectors import SteeringVectors
+
+#: format → what it is, for messages
+FORMATS = {"bias": "a down_proj-bias checkpoint", "npy": "an [L, d] .npy matrix",
+           "gguf": "a llama.cpp control vector", "lm-eval": "an lm-eval steered .pt file"}
+IMPORT_FORMATS = ("bias", "npy", "gguf")
+
+#: site → offset of the block whose output the vector is added to (the vLLM backend's table)
+_BLOCK_OUTPUT = {"resid_post": 0, "skip_layer": 0, "resid_pre": -1, "full": -1}
+_ATTN_OUTPUT = ("attn_out", "skip_attn")  # added to self_attn's output (lm-eval only)
+_BIAS_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.down_proj\.bias$")  # every supported family
+BIAS_SITE = "down_proj_bias"
+_GGUF_ARCH = "controlvector"
+
+
+class InteropError(RlsteerError):
+    """A vector set that a format cannot hold, or a foreign file that cannot be read."""
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+def export_vectors(vectors: SteeringVectors, out: str | os.PathLike[str], fmt: str, *, model: str | None = None,
+                   dtype: str = "float32") -> Path:
+    """Write ``vectors`` to ``out`` in format ``fmt`` (see the module table); the path written.
+
+    ``model`` is the base model of a bias checkpoint (default: the one the vectors record). For the other
+    formats it is optional and only checks that the vectors fit it. ``dtype`` is the bias checkpoint's
+    weights dtype. Nothing is left at ``out`` when writing fails.
+    """
+    out = Path(out)
+    if fmt == "bias":
+        return export_bias(vectors, out, model=model, dtype=dtype)
+    if fmt not in FORMATS:
+        raise InteropError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    identity = _config_identity(model) if model else None
+    if identity is not None:
+        _check_fits(vectors.d_model, _placed(vectors, fmt), identity)
+    if fmt == "npy":
+        n_layers = (identity or vectors.metadata).get("n_layers")
+        if n_layers is None:
+            raise InteropError("an [L, d] matrix needs the model's depth and these vectors do not record it; pass "
+                               "--model SPEC")
+        return export_npy(vectors, out, n_layers=int(n_layers))
+    return export_gguf(vectors, out) if fmt == "gguf" else export_lm_eval(vectors, out)
+
+
+def import_vectors(source: str | os.PathLike[str], fmt: str, *, model: str | None = None) -> SteeringVectors:
+    """Read a bias checkpoint folder, an ``[L, d]`` .npy matrix or a GGUF control vector as ``resid_post`` vectors.
+
+    ``model`` (a :func:`rlsteer.load_model` spec) is required for .npy, which records no model. For the
+    other formats it overrides the recorded model. The vectors must fit it.
+    """
+    source = Path(source)
+    if fmt not in IMPORT_FORMATS:
+        hint = " (lm-eval files are export only)" if fmt == "lm-eval" else ""
+        raise InteropError(f"unknown import format {fmt!r}{hint}; choose from {', '.join(IMPORT_FORMATS)}")
+    if not source.exists():
+        raise InteropError(f"{source} does not exist")
+    if fmt == "npy" and not model:
+        raise InteropError("an .npy matrix records no model; pass --model SPEC (the model it was trained on)")
+    identity = _config_identity(model) if model else None
+    if fmt == "bias":
+        rows, metadata = import_bias(source)
+    elif fmt == "npy":
+        rows, metadata = import_npy(source, n_layers=int(identity["n_layers"]) if identity else None)
+    else:
+        rows, metadata = import_gguf(source)
+    if identity is not None:
+        _check_fits(next(iter(rows.values())).shape[0], {("block", k): v for k, v in rows.items()}, identity)
+        metadata = {**metadata, **identity}
+    return SteeringVectors.from_dict(dict(sorted(rows.items())), site="resid_post", metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------ placing entries
+
+
+def _target(fmt: str, entry: Entry) -> tuple[str, int] | None:
+    """Where ``fmt`` keeps ``entry``: ("block", ℓ) = block ℓ's output, ("attn", ℓ) = its attention output."""
+    if entry.site in _BLOCK_OUTPUT:
+        block = entry.layer + _BLOCK_OUTPUT[entry.site]
+        if block >= (1 if fmt == "gguf" else 0):
+            return "block", block
+    if fmt == "lm-eval" and entry.site in _ATTN_OUTPUT:
+        return "attn", entry.layer
+    return None
+
+
+def _placed(vectors: SteeringVectors, fmt: str) -> dict[tuple[str, int], torch.Tensor]:
+    """Every entry's effective vector [d_model] (fp32, scale applied) at its place in ``fmt``, summed per place."""
+    out: dict[tuple[str, int], torch.Tensor] = {}
+    for entry, value in vectors.vectors().items():
+        place = _target(fmt, entry)
+        if place is None:
+            raise InteropError(_cannot(fmt, entry))
+        value = value.detach().to("cpu", torch.float32)
+        out[place] = out[place] + value if place in out else value.clone()
+    return dict(sorted(out.items()))
+
+
+def _cannot(fmt: str, entry: Entry) -> str:
+    others = [f for f in FORMATS if f != fmt and _target(f, entry) is not None]
+    why = {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
+           "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
+           }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
+    where = f"--format {' or '.join(others)} can hold it" if others else "no export format can hold it"
+    return f"cannot write {entry.name} as {FORMATS[fmt]}: {why}; {where} (rlsteer's .safetensors holds every entry)"
+
+
+def _block_rows(vectors: SteeringVectors, fmt: str) -> dict[int, torch.Tensor]:
+    return {layer: v for (_, layer), v in _placed(vectors, fmt).items()}
+
+
+def _nonzero(rows: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """The rows that are not all zero (a single-layer run's other layers); every row when all are zero."""
+    kept = {k: v for k, v in rows.items() if bool(v.any())}
+    return kept or dict(rows)
+
+
+# ------------------------------------------------------------------------------------- bias checkpoint
+
+
+def export_bias(vectors: SteeringVectors, out: Path, *, model: str | None = None,
+                dtype: str = "float32") -> Path:
+    """Save the base model with every block's ``mlp.down_proj.bias`` [d_model] set to its vector, as a model folder.
+
+    Layers without a vector get a zero bias, as in the authors' checkpoints. ``config.json`` records
+    ``rlsteer_steering`` (site, base model, steered layers, the vectors' metadata). :func:`rlsteer.load_model`
+    loads the folder steered. The folder appears at once, from a staging folder beside it. Like the
+    authors' bf16 checkpoints, ``dtype`` rounds the biases.
+    """
+    from rlsteer.architectures import architecture_of
+    from rlsteer.models import load_model
+
+    spec = model or vectors.metadata.get("model")
+    if not spec:
+        raise InteropError("these vectors record no model; pass --model SPEC (the base model to save)")
+    revision = None if model else vectors.metadata.get("model_revision") or None
+    rows = _block_rows(vectors, "bias")
+    with _new_folder(out) as staging:
+        base, tok = load_model(spec, dtype=dtype, revision=revision)
+        vectors.validate(base)
+        arch = architecture_of(base)
+        for layer in range(arch.n_layers):
+            down = arch.down_proj(layer)
+            value = rows.get(layer, torch.zeros(arch.d_model))  # [d_model]
+            down.bias = nn.Parameter(value.to(down.weight.dtype), requires_grad=False)
+        config: Any = base.config
+        for attr in ("rlsteer_source", "rlsteer_revision"):  # load_model's notes about where it came from
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.rlsteer_steering = {"site": BIAS_SITE, "base_model": spec, "layers": sorted(_nonzero(rows)),
+                                   "metadata": dict(vectors.metadata)}
+        base.save_pretrained(staging)  # type: ignore[operator]  # transformers' stubs confuse mypy here
+        tok.save_pretrained(staging)
+    return out
+
+
+def import_bias(folder: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
+    """The non-zero ``down_proj`` biases of a model folder (layer → [d_model] fp32) and the vectors' metadata."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise InteropError(f"{folder} is not a model folder (no config.json)")
+    rows = read_checkpoint_biases(folder)
+    if not rows:
+        raise InteropError(f"{folder} has no model.layers.*.mlp.down_proj.bias tensors: not a bias checkpoint")
+    config = json.loads(config_file.read_text())
+    recorded = config.get("rlsteer_steering")
+    if recorded:  # written by export_bias
+        metadata = {str(k): str(v) for k, v in (recorded.get("metadata") or {}).items()}
+        metadata["model"] = str(recorded["base_model"])
+    else:  # the authors' checkpoints: a hub id in _name_or_path, if anything
+        metadata = {"source": str(folder)}
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(config.get("_name_or_path") or "")):
+            metadata["model"] = str(config["_name_or_path"])
+    return _nonzero(rows), metadata
+
+
+def read_checkpoint_biases(folder: str | os.PathLike[str]) -> dict[int, torch.Tensor]:
+    """layer → ``model.layers.{layer}.mlp.down_proj.bias`` [d_model] fp32 in a folder's safetensors (never pickle)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({f for k, f in json.loads(index.read_text())["weight_map"].items() if _BIAS_KEY.match(k)})
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise InteropError(f"{folder} has no model.safetensors (or its index); rlsteer reads biases only from "
+                           "safetensors, never from pickled .bin files: re-save the model with save_pretrained")
+    rows = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                if match := _BIAS_KEY.match(key):
+                    rows[int(match.group(1))] = f.get_tensor(key).to(torch.float32)
+    return dict(sorted(rows.items()))
+
+
+def load_pretrained(folder: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(folder, **kwargs)`` that keeps a bias checkpoint's steering.
+
+    transformers' model classes have no ``down_proj`` bias: they drop such keys and print a load report
+    calling them unused. Here the biases become frozen ``down_proj`` biases, and the report is shown only
+    when something else was wrong.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from rlsteer.architectures import architecture_of
+
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    held = _HoldLoadReport()
+    hf_logger.addFilter(held)
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
+    finally:
+        hf_logger.removeFilter(held)
+    model, info = loaded
+    unexpected = set(info["unexpected_keys"])
+    biases = {k for k in unexpected if _BIAS_KEY.match(k)}
+    if biases:
+        arch = architecture_of(model)
+        for layer, value in read_checkpoint_biases(folder).items():
+            down = arch.down_proj(layer)
+            down.bias = nn.Parameter(value.to(down.weight.device, down.weight.dtype), requires_grad=False)
+    if not biases or unexpected - biases or info["missing_keys"] or info["mismatched_keys"]:
+        for record in held.records:
+            hf_logger.handle(record)
+    return model
+
+
+class _HoldLoadReport(logging.Filter):
+    """Keeps transformers' load report back so that it can be shown or dropped after the load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+
+# -------------------------------------------------------------------------------------------- npy matrix
+
+
+def export_npy(vectors: SteeringVectors, out: Path, *, n_layers: int) -> Path:
+    """Write the authors' ``[n_layers, d_model]`` float32 matrix: row ℓ = resid_post.ℓ, zeros elsewhere."""
+    rows = _block_rows(vectors, "npy")
+    matrix = np.zeros((n_layers, vectors.d_model), dtype=np.float32)  # [L, d]
+    for layer, value in rows.items():
+        if layer >= n_layers:
+            raise InteropError(f"a vector lands on block {layer} but the model has {n_layers} layers")
+        matrix[layer] = value.numpy()
+    with _replacing(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, matrix, allow_pickle=False)
+    return out
+
+
+def import_npy(path: Path, *, n_layers: int | None = None) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
+    """Row ℓ of an ``[L, d]`` matrix → resid_post.ℓ, skipping all-zero rows (unless every row is zero)."""
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InteropError(f"{path} is not a numeric .npy matrix ({_one_line(err)}); rlsteer never unpickles "
+                           "object arrays") from None
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2 or matrix.dtype.kind != "f":
+        raise InteropError(f"{path} holds {getattr(matrix, 'shape', '?')} {getattr(matrix, 'dtype', '')}; expected "
+                           "a float [n_layers, d_model] matrix")
+    if n_layers is not None and matrix.shape[0] != n_layers:
+        raise InteropError(f"{path} has {matrix.shape[0]} rows but the model has {n_layers} layers; one row per "
+                           "layer is expected")
+    if not np.isfinite(matrix).all():
+        raise InteropError(f"{path} contains NaN or inf")
+    rows = {i: torch.from_numpy(np.array(row, dtype=np.float32)) for i, row in enumerate(matrix)}
+    return _nonzero(rows), {"source": str(path)}
+
+
+# ------------------------------------------------------------------------------------------ GGUF (llama.cpp)
+
+
+def export_gguf(vectors: SteeringVectors, out: Path) -> Path:
+    """A llama.cpp / repeng control vector: one F32 ``direction.{ℓ}`` [d_model] per block output ℓ ≥ 1.
+
+    Keys as repeng writes them: ``controlvector.model_hint`` (the model type) and ``controlvector.layer_count``
+    (the number of directions). The vectors' metadata goes under ``rlsteer.*``, which llama.cpp ignores.
+    """
+    import gguf
+
+    rows = _block_rows(vectors, "gguf")
+    meta = vectors.metadata
+    with _replacing(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, _GGUF_ARCH)
+        writer.add_string(f"{_GGUF_ARCH}.model_hint", meta.get("architecture") or meta.get("model") or "unknown")
+        writer.add_uint32(f"{_GGUF_ARCH}.layer_count", len(rows))
+        for key, text in sorted(meta.items()):  # add_string would drop empty values
+            writer.add_key_value(f"rlsteer.{key}", text, gguf.GGUFValueType.STRING)
+        for layer, value in rows.items():
+            writer.add_tensor(f"direction.{layer}", value.numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return out
+
+
+def import_gguf(path: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
+    """``direction.{ℓ}`` → resid_post.ℓ, with the ``rlsteer.*`` metadata rlsteer wrote (if any)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as err:  # gguf raises several types for bad or truncated files
+        raise InteropError(f"{path} is not a readable GGUF file ({_one_line(err)})") from None
+    arch = _gguf_string(reader, "general.architecture")
+    if arch != _GGUF_ARCH:
+        raise InteropError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({_GGUF_ARCH!r})")
+    rows: dict[int, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        match = re.fullmatch(r"direction\.(\d+)", tensor.name)
+        if match is None or tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
+            raise InteropError(f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
+                               f"{list(tensor.shape)}) is not a 1-D F32 direction.N")
+        rows[int(match.group(1))] = torch.from_numpy(np.array(tensor.data, dtype=np.float32))  # [d_model]
+    if not rows:
+        raise InteropError(f"{path} holds no direction tensors")
+    if len({v.shape[0] for v in rows.values()}) != 1:
+        raise InteropError(f"{path} has directions of different widths")
+    metadata = {name[len("rlsteer."):]: _gguf_string(reader, name) or "" for name in reader.fields
+                if name.startswith("rlsteer.")}
+    if not metadata:  # a file from another tool (repeng, llama.cpp's cvector-generator)
+        metadata = {"source": str(path), "model_hint": _gguf_string(reader, f"{_GGUF_ARCH}.model_hint") or ""}
+    return dict(sorted(rows.items())), metadata
+
+
+def _gguf_string(reader: Any, key: str) -> str | None:
+    field = reader.get_field(key)
+    if field is None or not field.data:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------------------------ lm-eval steered .pt
+
+
+def export_lm_eval(vectors: SteeringVectors, out: Path) -> Path:
+    """lm-evaluation-harness's ``steered`` config: ``{hook: {"steering_vector": [d], "action": "add", …}}``.
+
+    Hooks are ``layers.{ℓ}`` (block ℓ's output = resid_post.ℓ) and ``layers.{ℓ}.self_attn`` (attn_out.ℓ).
+    Use it with ``lm_eval --model steered --model_args pretrained=MODEL,steer_path=OUT``. The file holds
+    only tensors, floats, strings and None, so ``torch.load(..., weights_only=True)`` reads it.
+    """
+    hooks = {"block": "layers.{}", "attn": "layers.{}.self_attn"}
+    config = {hooks[kind].format(layer): {"steering_vector": value, "steering_coefficient": 1.0, "action": "add",
+                                          "bias": None, "head_index": None}
+              for (kind, layer), value in _placed(vectors, "lm-eval").items()}
+    with _replacing(out) as tmp:
+        torch.save(config, tmp)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _config_identity(spec: str) -> dict[str, str]:
+    """What a vector file records about model ``spec``, read from its config (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    from rlsteer.architectures import family_for
+    from rlsteer.models import model_folder
+
+    config = AutoConfig.from_pretrained(model_folder(spec))
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(config.num_attention_heads)
+    return {"model": spec, "architecture": family_for(config.model_type).name, "d_model": str(config.hidden_size),
+            "n_layers": str(config.num_hidden_layers), "n_heads": str(heads),
+            "n_kv_heads": str(getattr(config, "num_key_value_heads", None) or heads)}
+
+
+def _check_fits(d_model: int, places: Mapping[tuple[str, int], torch.Tensor], identity: Mapping[str, str]) -> None:
+    if d_model != int(identity["d_model"]):
+        raise InteropError(f"these vectors have width {d_model} but {identity['model']} has "
+                           f"d_model={identity['d_model']}")
+    for _, layer in places:
+        if layer >= int(identity["n_layers"]):
+            raise InteropError(f"a vector lands on block {layer} but {identity['model']} has {identity['n_layers']} "
+                               "layers")
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it when the block succeeds; removed when it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _umasked(0o666))  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def _new_folder(target: Path) -> Iterator[Path]:
+    """A staging folder beside ``target`` that becomes ``target`` when the block succeeds; removed when it fails."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InteropError(f"{target} already exists; remove it or choose another folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            target.rmdir()  # the empty folder checked above
+        staging.chmod(_umasked(0o777))  # mkdtemp makes it owner-only
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umasked(mode: int) -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
