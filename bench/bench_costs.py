@@ -75,6 +75,10 @@ def generation(repeat: int) -> None:
     runs = [(e, b, v) for b in (32, 128) for e in engines for v in ("unsteered", "all-layer", "steer_v head")
             if not (e == "vLLM" and v == "steer_v head")]
     best = {r: 0.0 for r in runs}
+    warm = SamplingParams(temperature=1.0, max_new_tokens=4)
+    for engine, batch, variant in runs:  # warm-up of every configuration: allocator, kernels, vector upload
+        backend = engines[engine] or HFBackend(model, tok, batch_size=batch, progress=False)
+        backend.generate(reqs[:batch], steered if variant == "all-layer" else None, warm)
     for _ in range(repeat):
         for engine, batch, variant in runs:
             backend = engines[engine] or HFBackend(model, tok, batch_size=batch, progress=False)
@@ -87,6 +91,7 @@ def generation(repeat: int) -> None:
                 out = backend.generate(reqs[:batch], vectors, sampling)
             tokens = sum(r.num_tokens for r in out)
             best[engine, batch, variant] = max(best[engine, batch, variant], tokens / (time.perf_counter() - t0))
+    profile_decode(model, tok, reqs)
     print(f"fp32 matmul: {rate:.1f} GFLOP/s (2048² products, {torch.get_num_threads()} threads); SmolLM2 "
           f"{params / 1e6:.1f}M parameters → roofline {roofline:.0f} tokens/s\n")
     print("| backend | batch | vectors | new tok/s | × unsteered | share of roofline |")
@@ -95,6 +100,33 @@ def generation(repeat: int) -> None:
         tps = best[engine, batch, variant]
         print(f"| {engine} | {batch} | {variant} | {tps:.0f} | {tps / best[engine, batch, 'unsteered']:.3f} | "
               f"{tps / roofline:.1%} |")
+
+
+def profile_decode(model: Any, tok: Any, reqs: list[Request]) -> None:
+    """Where HF decoding's time goes at batch 128: self CPU time per operator group (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    backend = HFBackend(model, tok, batch_size=128, progress=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        backend.generate(reqs[:128], None, SamplingParams(temperature=1.0, max_new_tokens=16))
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key
+        group = ("matmul (linear, lm_head)" if name in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
+                 else "attention (sdpa)" if "attention" in name or "sdpa" in name
+                 else "KV cache concat/copy" if name in ("aten::cat", "aten::copy_", "aten::index_select")
+                 else "sampling (softmax, sort, cumsum, search)" if name in (
+                     "aten::softmax", "aten::_softmax", "aten::sort", "aten::cumsum", "aten::searchsorted",
+                     "aten::log_softmax", "aten::_log_softmax", "aten::topk", "aten::rand", "aten::uniform_")
+                 else "elementwise and other ops")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total
+    total = sum(groups.values())
+    print("HF decode profile, batch 128 × 16 new tokens (share of operator self time):\n")
+    print("| operator group | share |")
+    print("|---|---:|")
+    for group, t in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"| {group} | {t / total:.1%} |")
+    print()
 
 
 def analysis() -> None:
@@ -138,7 +170,9 @@ def analysis() -> None:
     print(f"| rlsteer (text=base) | {result['passes']} | {ours:.1f} | {ours / naive:.3f} |")
     shift_prompts = [build_prompt(tok, p.problem, "chat") for p in load_problems("synthetic-arithmetic:n=16,digits=1")]
     t0 = time.perf_counter()
-    records, kept = token_shifts(model, tok, stack, shift_prompts, ShiftConfig(max_new_tokens=128), progress=False)
+    mild = SteeringVectors.from_dict({("resid_post", ell): 0.05 * torch.randn(arch.d_model, generator=g)
+                                      for ell in range(L)})  # a small all-layer vector: completions still stop
+    records, kept = token_shifts(model, tok, mild, shift_prompts, ShiftConfig(max_new_tokens=128), progress=False)
     dt = time.perf_counter() - t0
     print(f"\nΔp: {len(shift_prompts)} prompts sampled (≤128 tokens), {len(kept)} stopped, {len(records)} positions "
           f"teacher-forced with and without the vectors in {dt:.1f} s = {len(records) / dt:.0f} positions/s "
@@ -182,7 +216,7 @@ def memory() -> None:
                            env={**os.environ, "TQDM_DISABLE": "1"})
             rows[mode] = json.loads(Path(f.name).read_text())
     base = rows["inference"]["peak"]
-    print(f"peak RSS per process, demo-cpu batch (64 × ≤32 tokens), SmolLM2 fp32; the model alone: "
+    print(f"peak RSS per process, demo-cpu batch (64 × ≤32 tokens), SmolLM2 fp32; peak after loading the model: "
           f"{rows['inference']['loaded']:.0f} MiB\n")
     print("| mode | peak RSS MiB | × inference |")
     print("|---|---:|---:|")
@@ -193,7 +227,7 @@ def memory() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("all", "generate", "analysis", "memory"), default="all")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

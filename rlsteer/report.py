@@ -190,7 +190,7 @@ def folder_section(root: Path) -> str:
                      + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
                        "vectors start at zero, so step 1 is the base model.</p>")
     # the folder's own evaluations (baselines) first, then each run's
-    results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != "eval", str(p)))
+    results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != "eval", str(p.parent)))
     if results:
         parts.append(comparison_section(root, results))
     else:
