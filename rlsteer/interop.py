@@ -56,10 +56,7 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +65,7 @@ import torch
 from torch import nn
 
 from rlsteer.errors import RlsteerError
+from rlsteer.io import replacing, staged_folder
 from rlsteer.steering.sites import Entry
 from rlsteer.steering.vectors import SteeringVectors
 
@@ -208,7 +206,9 @@ def export_bias(vectors: SteeringVectors, out: Path, *, model: str | None = None
         raise InteropError("these vectors record no model; pass --model SPEC (the base model to save)")
     revision = None if model else vectors.metadata.get("model_revision") or None
     rows = _block_rows(vectors, "bias")
-    with _new_folder(out) as staging:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InteropError(f"{out} already exists; remove it or choose another folder")
+    with staged_folder(out) as staging:
         base, tok = load_model(spec, dtype=dtype, revision=revision)
         vectors.validate(base)
         arch = architecture_of(base)
@@ -326,7 +326,7 @@ def export_npy(vectors: SteeringVectors, out: Path, *, n_layers: int) -> Path:
         if layer >= n_layers:
             raise InteropError(f"a vector lands on block {layer} but the model has {n_layers} layers")
         matrix[layer] = value.numpy()
-    with _replacing(out) as tmp, open(tmp, "wb") as f:
+    with replacing(out) as tmp, open(tmp, "wb") as f:
         np.save(f, matrix, allow_pickle=False)
     return out
 
@@ -363,7 +363,7 @@ def export_gguf(vectors: SteeringVectors, out: Path) -> Path:
 
     rows = _block_rows(vectors, "gguf")
     meta = vectors.metadata
-    with _replacing(out) as tmp:
+    with replacing(out) as tmp:
         writer = gguf.GGUFWriter(tmp, _GGUF_ARCH)
         writer.add_string(f"{_GGUF_ARCH}.model_hint", meta.get("architecture") or meta.get("model") or "unknown")
         writer.add_uint32(f"{_GGUF_ARCH}.layer_count", len(rows))
@@ -428,7 +428,7 @@ def export_lm_eval(vectors: SteeringVectors, out: Path) -> Path:
     config = {hooks[kind].format(layer): {"steering_vector": value, "steering_coefficient": 1.0, "action": "add",
                                           "bias": None, "head_index": None}
               for (kind, layer), value in _placed(vectors, "lm-eval").items()}
-    with _replacing(out) as tmp:
+    with replacing(out) as tmp:
         torch.save(config, tmp)
     return out
 
@@ -459,44 +459,6 @@ def _check_fits(d_model: int, places: Mapping[tuple[str, int], torch.Tensor], id
         if layer >= int(identity["n_layers"]):
             raise InteropError(f"a vector lands on block {layer} but {identity['model']} has {identity['n_layers']} "
                                "layers")
-
-
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it when the block succeeds; removed when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, _umasked(0o666))  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextmanager
-def _new_folder(target: Path) -> Iterator[Path]:
-    """A staging folder beside ``target`` that becomes ``target`` when the block succeeds; removed when it fails."""
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InteropError(f"{target} already exists; remove it or choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            target.rmdir()  # the empty folder checked above
-        staging.chmod(_umasked(0o777))  # mkdtemp makes it owner-only
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umasked(mode: int) -> int:
-    umask = os.umask(0o022)  # reading the umask means setting it
-    os.umask(umask)
-    return mode & ~umask
 
 
 def _one_line(err: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from functools import cache
 from pathlib import Path
 
@@ -50,3 +51,25 @@ def shared_data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Make every unpickling entry point fail loudly and record the attempt."""
+    calls: list[str] = []
+
+    def refuse(name):
+        def fn(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called")
+        return fn
+
+    class RefusingUnpickler(pickle.Unpickler):  # a class, so that modules imported later may subclass it
+        def load(self):
+            calls.append("pickle.Unpickler.load")
+            raise AssertionError("pickle.Unpickler.load called")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    return calls

@@ -66,23 +66,6 @@ def vector_file(path: Path, d_model: int = 64, entries=None, model: str = MODEL)
     return sv.save(path)
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    """Every unpickling entry point raises, and records that it was called."""
-    calls: list[str] = []
-
-    def refuse(name):
-        def fn(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} called")
-        return fn
-
-    monkeypatch.setattr(pickle, "load", refuse("pickle.load"))
-    monkeypatch.setattr(pickle, "loads", refuse("pickle.loads"))
-    monkeypatch.setattr(torch, "load", refuse("torch.load"))
-    return calls
-
-
 # ------------------------------------------------------------------------------------ 1. unknown model
 
 

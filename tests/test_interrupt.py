@@ -208,7 +208,7 @@ def test_verifier_workers_do_not_get_the_terminals_ctrl_c():
 WRITE_METHODS = {"write_text", "write_bytes", "save_pretrained", "savefig", "to_csv", "to_json", "to_parquet"}
 WRITE_FUNCTIONS = {"save_file", "dump"}  # safetensors, json/pickle .dump
 SAVE_MODULES = {"torch", "np", "numpy"}  # torch.save, np.save
-ATOMIC_CONTEXTS = {"replacing", "staged_folder", "_replacing", "_new_folder"}
+ATOMIC_CONTEXTS = {"replacing", "staged_folder"}
 ALLOWED = {
     ("rlsteer/metrics.py", "append_metrics"): "append-only log; read_metrics skips a torn last line",
     ("rlsteer/evaluate.py", "_append"): "append-only samples log; read_samples drops a torn last line",

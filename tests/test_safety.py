@@ -80,28 +80,6 @@ def test_the_scan_catches_what_it_should():
     assert [line for line, _ in _pickle_calls(ast.parse(source))] == [2, 3, 4, 6]
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    """Make every unpickling entry point fail loudly and record the attempt."""
-    calls: list[str] = []
-
-    def refuse(name):
-        def fn(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} called")
-        return fn
-
-    class RefusingUnpickler(pickle.Unpickler):  # a class, so that modules imported later may subclass it
-        def load(self):
-            calls.append("pickle.Unpickler.load")
-            raise AssertionError("pickle.Unpickler.load called")
-
-    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
-        monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
-    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
-    return calls
-
-
 def test_checkpoints_resume_without_pickle(tmp_path, no_unpickling):
     from rlsteer.checkpoint import load_checkpoint, save_checkpoint
 
