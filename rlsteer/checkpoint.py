@@ -1,6 +1,6 @@
 """Training checkpoints without pickle: safetensors for tensors, JSON for everything else, written atomically.
 
-A checkpoint ``checkpoints/step-N/`` holds
+A checkpoint ``checkpoints/step-N/`` of a run directory (:mod:`rlsteer.rundir`) holds
 
 * ``state.safetensors``: the trained parameters u (before projection and scale), the orthogonality bases,
   the optimizer's tensors (Adam moments and step counts) and the torch RNG state;
@@ -16,9 +16,9 @@ Example:
     >>> from rlsteer.steering import SteeringVectors
     >>> sv = SteeringVectors(4, layers=[0])
     >>> opt = torch.optim.Adam(sv.parameters(), lr=0.1)
-    >>> root = Path(tempfile.mkdtemp())
-    >>> path = save_checkpoint(root, 3, sv, opt, {"note": "x"})
-    >>> path.name, latest_checkpoint(root) == path
+    >>> run = RunDir(Path(tempfile.mkdtemp()))
+    >>> path = save_checkpoint(run, 3, sv, opt, {"note": "x"})
+    >>> path.name, run.latest_checkpoint() == path
     ('step-3', True)
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,24 +34,23 @@ import torch
 
 from rlsteer.errors import RlsteerError, writing
 from rlsteer.io import staged_folder
-from rlsteer.steering.vectors import SteeringVectors, _key
+from rlsteer.rundir import STATE_JSON, STATE_TENSORS, VECTORS, RunDir
+from rlsteer.steering.vectors import SteeringVectors
 
 
 class CheckpointError(RlsteerError):
     pass
 
 
-_STEP = re.compile(r"^step-(\d+)$")
-
-
-def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
+def save_checkpoint(run: RunDir, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
                     extra: dict[str, Any] | None = None, *, vector_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``root/step-{step}`` atomically and return its path (``vector_metadata`` goes to its vector file)."""
+    """Write ``run``'s ``checkpoints/step-{step}`` atomically and return its path (``vector_metadata`` goes to
+    its vector file)."""
     from safetensors.torch import save_file
 
-    with writing(root):
-        root.mkdir(parents=True, exist_ok=True)
-    target = root / f"step-{step}"
+    with writing(run.checkpoints):
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    target = run.checkpoint(step)
     tensors: dict[str, torch.Tensor] = {}
     for entry in vectors.entries:
         tensors[f"param.{entry.name}"] = vectors.parameter(entry).detach().cpu().contiguous()
@@ -75,9 +73,9 @@ def save_checkpoint(root: Path, step: int, vectors: SteeringVectors, optimizer: 
     meta = {"step": step, "entries": [e.name for e in vectors.entries], "scale": vectors.scale,
             "d_model": vectors.d_model, "param_groups": groups, "extra": extra or {}}
     with staged_folder(target) as staging:
-        save_file(tensors, str(staging / "state.safetensors"))
-        (staging / "state.json").write_text(json.dumps(meta, indent=1, default=_json_default))
-        vectors.save(staging / "vectors.safetensors", **(vector_metadata or {}))
+        save_file(tensors, str(staging / STATE_TENSORS))
+        (staging / STATE_JSON).write_text(json.dumps(meta, indent=1, default=_json_default))
+        vectors.save(staging / VECTORS, **(vector_metadata or {}))
     return target
 
 
@@ -89,15 +87,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to a checkpoint")
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The highest complete ``step-N`` folder under ``root`` (temporary folders are ignored)."""
-    if not root.is_dir():
-        return None
-    steps = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP.match(p.name)) and (p / "state.json").is_file()]
-    return max(steps)[1] if steps else None
-
-
 def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore ``vectors`` (parameters and bases) and ``optimizer`` from ``path``; returns the JSON metadata.
 
@@ -106,8 +95,8 @@ def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim
     from safetensors.torch import load_file
 
     try:
-        meta = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "state.safetensors"))
+        meta = json.loads((path / STATE_JSON).read_text())
+        tensors = load_file(str(path / STATE_TENSORS))
     except Exception as err:  # OSError, JSON errors and safetensors' own error type
         raise CheckpointError(f"checkpoint {path} is unreadable ({str(err).splitlines()[0]}); delete it to "
                               "resume from the previous one") from None
@@ -120,7 +109,7 @@ def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim
             param.copy_(tensors[f"param.{entry.name}"].to(param.device))
             basis = tensors.get(f"basis.{entry.name}")
             if basis is not None:
-                vectors._bases[_key(entry)] = basis.to(param.device)
+                vectors.set_basis(entry, basis)
     name_to_index = {}
     params = {e.name: vectors.parameter(e) for e in vectors.entries}
     index = 0

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from rlsteer.analysis.lens import run_lens
+from rlsteer.analysis.output import analysis_dir
 from rlsteer.analysis.persistence import PersistenceConfig, run_persistence
 from rlsteer.analysis.sweep import is_finished
 from rlsteer.analysis.token_shift import ShiftConfig, run_token_shift
@@ -51,6 +52,7 @@ from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
 from rlsteer.models import DEFAULT_MODEL, load_model
 from rlsteer.report import build_report
+from rlsteer.rundir import RunDir
 from rlsteer.steering.hooks import steer
 from rlsteer.train import train
 
@@ -118,9 +120,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             log(f"{head}: already trained")
             continue
         log(head)
-        train(train_cfg, resume=(train_cfg.run.path / "config.yaml").is_file(), log=lambda line: log("      " + line))
+        train(train_cfg, resume=RunDir(train_cfg.run.path).is_run(), log=lambda line: log("      " + line))
 
-    vectors = {name: c.run.path / "vectors.safetensors" for name, c in runs.items()}
+    vectors = {name: RunDir(c.run.path).vectors for name, c in runs.items()}
     log(f"[3/5] {cfg.eval_problems} held-out additions, greedy: base, base + 'To', and each steered model")
     accuracy = evaluate_all(cfg, runs, out, log=lambda line: log("      " + line))
 
@@ -172,11 +174,11 @@ def evaluate_all(cfg: DemoConfig, runs: dict[str, TrainConfig], out: Path, *,
                                  max_new_tokens=train_cfg.rollout.max_new_tokens, max_total_tokens=None, seeds=(0,),
                                  extraction=train_cfg.reward.extraction),
         engine=EngineSection(batch_size=64, reward_workers=0),
-        out=str(out / "eval" / "base"))
-    prefixed = replace(base, target=replace(base.target, prefix="To"), out=str(out / "eval" / "base+To"))
+        out=str(RunDir(out).eval_dir("base")))
+    prefixed = replace(base, target=replace(base.target, prefix="To"), out=str(RunDir(out).eval_dir("base+To")))
     targets = {"base": base, "base + 'To'": prefixed,
                **{name: replace(base, target=replace(base.target, vectors=str(c.run.path)),
-                                out=str(c.run.path / "eval" / "greedy")) for name, c in runs.items()}}
+                                out=str(RunDir(c.run.path).eval_dir("greedy"))) for name, c in runs.items()}}
     accuracy = {}
     with EvalSession(base, log=log) as session:
         for label, target_cfg in targets.items():
@@ -191,7 +193,7 @@ def once(vectors: Path, kind: str, marker: str, run: Callable[[Path], Any], log:
     An analysis the inputs do not allow (e.g. Δp when no completion stops) is reported and skipped: the demo
     and its report go on without it.
     """
-    done = vectors.parent / "analysis" / kind / marker
+    done = analysis_dir(vectors, kind) / marker
     if done.is_file() and done.stat().st_mtime >= vectors.stat().st_mtime:
         log(f"{kind} of {vectors.parent.name}: already done")
         return
@@ -219,13 +221,14 @@ def headline_numbers(cfg: DemoConfig, runs: dict[str, TrainConfig], accuracy: di
     out: dict[str, Any] = {"model": cfg.model, "identity_gap": gap, "accuracy": accuracy, "reward": {}, "lens": {},
                            "promoted": {}, "report": str(report), "seconds": seconds}
     for name, c in runs.items():
-        metrics = [json.loads(line) for line in (c.run.path / "metrics.jsonl").read_text().splitlines() if line]
+        run = RunDir(c.run.path)
+        metrics = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
         out["reward"][name] = [metrics[0]["reward_mean"], metrics[-1]["reward_mean"]]
-        analysis = c.run.path / "analysis"
-        lens = [json.loads(line) for line in (analysis / "lens" / "lens.jsonl").read_text().splitlines() if line]
+        lens = [json.loads(line) for line in (run.analysis_dir("lens") / "lens.jsonl").read_text().splitlines()
+                if line]
         final = max(lens, key=lambda r: r["layer"])["entry"]
         out["lens"][name] = [r["token"] for r in sorted(lens, key=lambda r: r["rank"]) if r["entry"] == final][:5]
-        tokens = analysis / "token-shift" / "tokens.jsonl"
+        tokens = run.analysis_dir("token-shift") / "tokens.jsonl"
         out["promoted"][name] = [json.loads(line)["token"] for line in tokens.read_text().splitlines()[:5]] \
             if tokens.is_file() else []
     return out

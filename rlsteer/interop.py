@@ -66,7 +66,7 @@ from torch import nn
 
 from rlsteer.errors import RlsteerError
 from rlsteer.io import replacing, staged_folder
-from rlsteer.steering.sites import Entry
+from rlsteer.steering.sites import ATTN_OUTPUT_SITES, Entry, output_block
 from rlsteer.steering.vectors import SteeringVectors
 
 #: format → what it is, for messages
@@ -75,8 +75,6 @@ FORMATS = {"bias": "a down_proj-bias checkpoint", "npy": "an [L, d] .npy matrix"
 IMPORT_FORMATS = ("bias", "npy", "gguf")
 
 #: site → offset of the block whose output the vector is added to (the vLLM backend's table)
-_BLOCK_OUTPUT = {"resid_post": 0, "skip_layer": 0, "resid_pre": -1, "full": -1}
-_ATTN_OUTPUT = ("attn_out", "skip_attn")  # added to self_attn's output (lm-eval only)
 _BIAS_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.down_proj\.bias$")  # every supported family
 BIAS_SITE = "down_proj_bias"
 _GGUF_ARCH = "controlvector"
@@ -146,11 +144,10 @@ def import_vectors(source: str | os.PathLike[str], fmt: str, *, model: str | Non
 
 def _target(fmt: str, entry: Entry) -> tuple[str, int] | None:
     """Where ``fmt`` keeps ``entry``: ("block", ℓ) = block ℓ's output, ("attn", ℓ) = its attention output."""
-    if entry.site in _BLOCK_OUTPUT:
-        block = entry.layer + _BLOCK_OUTPUT[entry.site]
-        if block >= (1 if fmt == "gguf" else 0):
-            return "block", block
-    if fmt == "lm-eval" and entry.site in _ATTN_OUTPUT:
+    block = output_block(entry)
+    if block is not None and block >= (1 if fmt == "gguf" else 0):
+        return "block", block
+    if fmt == "lm-eval" and entry.site in ATTN_OUTPUT_SITES:  # added to self_attn's output
         return "attn", entry.layer
     return None
 

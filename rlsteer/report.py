@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from rlsteer.errors import RlsteerError
 from rlsteer.io import write_atomically
+from rlsteer.rundir import EVAL, RunDir, analysis_kind, find_runs
 
 #: (analysis folder kind, figure stem) → how to read it, and its paper counterpart
 CAPTIONS: dict[tuple[str, str], str] = {
@@ -64,10 +64,10 @@ def _img(data: bytes, alt: str) -> str:
 
 def training_figure(metrics: Sequence[dict[str, Any]]) -> bytes:
     """PNG: reward and accuracy, completion length and truncation, and vector norms per step."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import png_bytes, subplots
 
     steps = [m["step"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    fig, axes = subplots(1, 3, figsize=(13, 3.2))
     axes[0].plot(steps, [m["reward_mean"] for m in metrics], marker=".", label="reward (mean)")
     axes[0].plot(steps, [m["accuracy"] for m in metrics], marker=".", label="accuracy")
     axes[0].set_title("reward")
@@ -83,54 +83,41 @@ def training_figure(metrics: Sequence[dict[str, Any]]) -> bytes:
     axes[2].set_title(f"vector norms ({len(norms)} entries)")
     for ax in axes:
         ax.set_xlabel("step")
-    return _png(fig)
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file()
+    return png_bytes(fig)
 
 
 def is_folder(path: Path) -> bool:
     """A folder of runs or evaluations rather than one run."""
-    return not is_run(path) and (any(is_run(d) for d in path.iterdir() if d.is_dir())
+    return not RunDir(path).has_records() and (next(find_runs(path), None) is not None
                                  or next(path.rglob("results.json"), None) is not None)
 
 
 def eval_label(root: Path, results_json: Path) -> str:
     """An evaluation's name in a folder: its path below ``root`` without the ``eval`` parts."""
-    parts = [p for p in results_json.parent.relative_to(root).parts if p != "eval"]
+    parts = [p for p in results_json.parent.relative_to(root).parts if p != EVAL]
     return "/".join(parts) or results_json.parent.name
 
 
 def reward_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
     """PNG: the mean reward per step of several runs in one plot."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import png_bytes, subplots
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = subplots(figsize=(6.5, 3.2))
     for name, metrics in curves:
         ax.plot([m["step"] for m in metrics], [m["reward_mean"] for m in metrics], marker=".", label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("mean reward")
     ax.set_title("training reward per run")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def comparison_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
     """PNG: avg@n (mean ± std over seeds) per evaluation, one panel per benchmark."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import png_bytes, subplots
 
     benches = list(dict.fromkeys(b for _, r in rows for b in r["benchmarks"]))
-    fig, axes = plt.subplots(1, len(benches), figsize=(max(4.5, 3.2 * len(benches)), 0.45 * len(rows) + 1.4),
+    fig, axes = subplots(1, len(benches), figsize=(max(4.5, 3.2 * len(benches)), 0.45 * len(rows) + 1.4),
                              squeeze=False, sharey=True)
     labels = [label for label, _ in rows]
     for ax, bench in zip(axes[0], benches, strict=True):
@@ -143,7 +130,7 @@ def comparison_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
         ax.set_title(bench, fontsize=9)
         ax.set_xlabel("avg@n, %")
     axes[0][0].invert_yaxis()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def comparison_section(root: Path, results: Sequence[Path]) -> str:
@@ -182,15 +169,15 @@ def comparison_section(root: Path, results: Sequence[Path]) -> str:
 
 def folder_section(root: Path) -> str:
     """The overview of a folder of runs: reward curves of every run, then every evaluation side by side."""
-    runs = [d for d in sorted(root.iterdir()) if d.is_dir() and is_run(d)]
+    runs = [run.path for run in find_runs(root)]
     parts = [f"<h2>Overview: {html.escape(str(root))}</h2>"]
-    curves = [(run.name, m) for run in runs if (m := _read_jsonl(run / "metrics.jsonl"))]
+    curves = [(run.name, m) for run in runs if (m := _read_jsonl(RunDir(run).metrics))]
     if curves:
         parts.append(_img(reward_figure(curves), "training reward per run")
                      + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
                        "vectors start at zero, so step 1 is the base model.</p>")
     # the folder's own evaluations (baselines) first, then each run's
-    results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != "eval", str(p.parent)))
+    results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != EVAL, str(p.parent)))
     if results:
         parts.append(comparison_section(root, results))
     else:
@@ -233,8 +220,9 @@ def run_section(run_dir: Path) -> str:
     """The HTML of one run; what is missing is said, not fatal."""
     import yaml
 
+    run = RunDir(run_dir)
     parts = [f"<h2>{html.escape(str(run_dir))}</h2>"]
-    config_path = run_dir / "config.yaml"
+    config_path = run.config
     if config_path.is_file():
         cfg = yaml.safe_load(config_path.read_text()) or {}
         s, rl = cfg.get("steering", {}), cfg.get("rl", {})
@@ -244,7 +232,7 @@ def run_section(run_dir: Path) -> str:
                      f"{rl.get('samples_per_prompt')} samples; template "
                      f"{html.escape(str(cfg.get('data', {}).get('template')))}; "
                      f"lr {cfg.get('optim', {}).get('lr')}</p>")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    metrics = _read_jsonl(run.metrics)
     if metrics:
         first, last = metrics[0], metrics[-1]
         parts.append("<h3>Training</h3>" + _img(training_figure(metrics), "training curves")
@@ -253,7 +241,7 @@ def run_section(run_dir: Path) -> str:
                        "Reward is ±1 per sample (Math-Verify), so accuracy = (reward + 1) / 2.</p>")
     else:
         parts.append("<p class='missing'>No training metrics (metrics.jsonl) in this directory.</p>")
-    results = sorted((run_dir / "eval").rglob("results.json")) if (run_dir / "eval").is_dir() else []
+    results = sorted(run.eval_root.rglob("results.json")) if run.eval_root.is_dir() else []
     parts.append("<h3>Evaluations</h3>")
     if results:
         for path in results:
@@ -263,13 +251,13 @@ def run_section(run_dir: Path) -> str:
         parts.append("<p class='missing'>No evaluations yet: <code>rlsteer eval " + html.escape(str(run_dir))
                      + "</code>.</p>")
     parts.append("<h3>Analyses</h3>")
-    root = run_dir / "analysis"
+    root = run.analysis_root
     figures = sorted(root.rglob("*.png")) if root.is_dir() else []
     if not figures:
         parts.append("<p class='missing'>No analyses yet: <code>rlsteer analyze lens " + html.escape(
-            str(run_dir / "vectors.safetensors")) + "</code> and the other kinds (see the README).</p>")
+            str(run.vectors)) + "</code> and the other kinds (see the README).</p>")
     for png in figures:
-        kind = png.parent.relative_to(root).parts[0].split("-step-")[0]
+        kind = analysis_kind(png.parent.relative_to(root).parts[0])
         caption = CAPTIONS.get((kind, png.stem), "")
         parts.append(f"<h4>{html.escape(str(png.relative_to(root)))}</h4>" + _img(png.read_bytes(), png.stem)
                      + (f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rlsteer.architectures import architecture_of
-from rlsteer.checkpoint import Snapshot, latest_checkpoint, load_checkpoint, save_checkpoint
+from rlsteer.checkpoint import Snapshot, load_checkpoint, save_checkpoint
 from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
 from rlsteer.data import Problem, load_problems
 from rlsteer.distributed import (
@@ -57,8 +57,9 @@ from rlsteer.models import load_model, model_folder, model_identity
 from rlsteer.rewards import RewardBatch, RewardPool, Status
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
+from rlsteer.rundir import RunDir
 from rlsteer.steering.hooks import steer
-from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES, Entry
+from rlsteer.steering.sites import HEAD_SITES, Entry, head_limit
 from rlsteer.steering.vectors import SteeringVectors
 from rlsteer.templates import Prompt, build_prompt
 
@@ -82,8 +83,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         with interruptible():
             return _train(cfg, resume, log if world.is_main else _silent, world)
     except Interrupted as stop:
-        if (cfg.run.path / "config.yaml").is_file():
-            stop.resume = f"rlsteer train {shlex.quote(str(cfg.run.path / 'config.yaml'))} --resume"
+        if RunDir(cfg.run.path).is_run():
+            stop.resume = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
         raise
     finally:
         close_world(world)
@@ -104,48 +105,48 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     vectors = build_vectors(model, cfg)
     # the run directory appears only once the model, data and steering config have been checked, so bad
     # input leaves no half-made run behind (which would then ask for --resume)
-    run_dir = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
+    run = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=0.0)
     start = 0
-    if resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
+    if resume and (ckpt := run.latest_checkpoint()) is not None:
         start = load_checkpoint(ckpt, vectors, optimizer)["step"]
-        log(f"resuming {run_dir} from {ckpt.name}")
+        log(f"resuming {run.path} from {ckpt.name}")
     if resume and world.is_main:  # drops the steps after the checkpoint (all of them when there is none)
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        truncate_metrics(run.metrics, start)
     backend = make_backend(cfg, model, tok, world)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                               max_new_tokens=cfg.rollout.max_new_tokens,
                               max_total_tokens=cfg.rollout.max_total_tokens)
-    tracker = make_tracker(cfg.run.logger if world.is_main else "none", run_dir, to_dict(cfg))
+    tracker = make_tracker(cfg.run.logger if world.is_main else "none", run.path, to_dict(cfg))
     scorer = make_scorer(cfg, model, tok, prompts)
     ranks = f" on {world.size} ranks" if world.enabled else ""
     log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}{ranks}: {cfg.rl.steps} steps × "
-        f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run_dir}")
+        f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run.path}")
     completed = Snapshot.take(start, vectors, optimizer)  # the state after the last finished step
     try:
         for step in range(start, cfg.rl.steps):
             batch = batch_indices(len(problems), step, cfg.rl.prompts_per_step, cfg.rl.seed + cfg.data.shuffle_seed)
             record = rl_step(step, [prompts[i] for i in batch], [problems[i] for i in batch], model, tok, vectors,
                              optimizer, backend, sampling, scorer, cfg, world)
-            check_finite(step + 1, record, vectors, run_dir)  # before anything of the step is written
+            check_finite(step + 1, record, vectors, run)  # before anything of the step is written
             if cfg.run.check_sync:
                 record["checksum"] = check_in_sync(list(vectors.parameters()), world, step + 1)
             with held():  # SIGINT/SIGTERM wait until the finished step is logged (and checkpointed when due)
                 if world.is_main:
-                    append_metrics(run_dir / "metrics.jsonl", record)
+                    append_metrics(run.metrics, record)
                     tracker.log(step + 1, {k: v for k, v in record.items() if isinstance(v, (int, float))})
                 log(format_record(record))
                 if world.is_main and ((step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.rl.steps):
-                    save_step(run_dir, step + 1, vectors, optimizer, model, cfg)
+                    save_step(run, step + 1, vectors, optimizer, cfg)
                 completed = Snapshot.take(step + 1, vectors, optimizer)
         if world.is_main:
-            save_vectors(vectors, model, cfg, run_dir)
+            save_vectors(vectors, cfg, run)
         barrier(world)  # no rank leaves before the run directory is complete (and before vLLM's shutdown,
         #                 which in torchrun mode tears down the process group)
     except Interrupted as stop:
         if world.is_main:
-            stop.detail = checkpoint_interrupted(completed, vectors, optimizer, model, cfg, run_dir)
+            stop.detail = checkpoint_interrupted(completed, vectors, optimizer, cfg, run)
         raise
     finally:
         tracker.close()
@@ -153,7 +154,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
         close = getattr(backend, "close", None)
         if close is not None:
             close()
-    return run_dir
+    return run.path
 
 
 def _silent(_: str) -> None:
@@ -301,7 +302,7 @@ def check_steering(cfg: TrainConfig, arch: Any) -> None:
     if head_sites and s.head is None:
         raise TrainingError(f"steering.sites has {head_sites[0]}, which needs steering.head (e.g. steering.head=0)")
     for site in head_sites:
-        limit, kind = (arch.n_kv_heads, "KV heads") if site in KV_HEAD_SITES else (arch.n_heads, "query heads")
+        limit, kind = head_limit(site, arch.n_heads, arch.n_kv_heads)
         if not 0 <= int(s.head or 0) < limit:
             raise TrainingError(f"steering.head={s.head} is out of range for {site}: {name} has {limit} {kind} "
                                 f"(0..{limit - 1})")
@@ -385,10 +386,10 @@ def auto_target(model: nn.Module, prompts: Sequence[Prompt], temperature: float)
 # ------------------------------------------------------------------------------------------- run files
 
 
-def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> RunDir:
     """Create the run directory and write ``config.yaml``; resuming checks the saved config matches."""
-    run_dir = cfg.run.path
-    saved = run_dir / "config.yaml"
+    run = RunDir(cfg.run.path)
+    run_dir, saved = run.path, run.config
     if saved.is_file():
         if not resume:
             raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
@@ -401,44 +402,44 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
                                 "--resume")
     try:
         write_atomically(saved, dump_yaml(cfg))
-        for folder in (run_dir, run_dir / "checkpoints"):
+        for folder in (run.path, run.checkpoints):
             remove_leftovers(folder)  # of writes a kill -9 cut short
     except OSError as err:
         raise TrainingError(f"cannot write to the run directory {run_dir}: {err.strerror}; choose a writable "
                             "run.dir") from None
-    return run_dir
+    return run
 
 
-def save_vectors(vectors: SteeringVectors, model: nn.Module, cfg: TrainConfig, run_dir: Path) -> Path:
-    return vectors.save(run_dir / "vectors.safetensors", config_hash=config_hash(cfg))
+def save_vectors(vectors: SteeringVectors, cfg: TrainConfig, run: RunDir) -> Path:
+    return vectors.save(run.vectors, config_hash=config_hash(cfg))
 
 
-def save_step(run_dir: Path, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
-              model: nn.Module, cfg: TrainConfig) -> Path:
+def save_step(run: RunDir, step: int, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
+              cfg: TrainConfig) -> Path:
     """``checkpoints/step-{step}`` and ``vectors.safetensors``: the run's state after ``step``."""
-    path = save_checkpoint(run_dir / "checkpoints", step, vectors, optimizer,
+    path = save_checkpoint(run, step, vectors, optimizer,
                            vector_metadata={"config_hash": config_hash(cfg), "step": str(step)})
-    save_vectors(vectors, model, cfg, run_dir)
+    save_vectors(vectors, cfg, run)
     return path
 
 
 def checkpoint_interrupted(completed: Snapshot, vectors: SteeringVectors, optimizer: torch.optim.Optimizer,
-                           model: nn.Module, cfg: TrainConfig, run_dir: Path) -> str:
+                           cfg: TrainConfig, run: RunDir) -> str:
     """After a signal: checkpoint the last finished step unless a checkpoint holds it already (the vectors
     and optimizer are first put back to that step, since the signal may have come in the middle of the
     next one's update); returns what is on disk, in words."""
     with held():
-        latest = latest_checkpoint(run_dir / "checkpoints")
-        saved = int(latest.name.removeprefix("step-")) if latest is not None else 0
-        if completed.step > saved:
+        steps = run.checkpoint_steps()
+        latest = run.checkpoint(steps[-1]) if steps else None
+        if completed.step > (steps[-1] if steps else 0):
             completed.restore(vectors, optimizer)
-            latest = save_step(run_dir, completed.step, vectors, optimizer, model, cfg)
+            latest = save_step(run, completed.step, vectors, optimizer, cfg)
     if latest is None:
         return f"0 of {cfg.rl.steps} steps done"
     return f"{completed.step} of {cfg.rl.steps} steps done, checkpoint {latest}"
 
 
-def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, run_dir: Path) -> None:
+def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, run: RunDir) -> None:
     """Stop the run when ``step`` produced a NaN or inf loss, gradient norm or vector.
 
     Called before the step's metrics line or checkpoint is written, so the run directory keeps only good
@@ -448,7 +449,7 @@ def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, ru
     bad += [f"vector {e.name}" for e, v in vectors.vectors().items() if not bool(torch.isfinite(v).all())]
     if not bad:
         return
-    last = latest_checkpoint(run_dir / "checkpoints")
+    last = run.latest_checkpoint()
     kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"
     raise TrainingError(f"step {step} made {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} NaN or inf, so the "
                         f"run stopped without saving it; {kept}; lower optim.lr (or optim.max_grad_norm) and "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlsteer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from rlsteer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rlsteer.rundir import RunDir
 from rlsteer.steering import Entry, SteeringVectors
 
 
@@ -30,7 +31,7 @@ def test_resume_is_bit_identical(tmp_path):
     sv, opt = make()
     for _ in range(3):
         step(sv, opt)
-    path = save_checkpoint(tmp_path, 3, sv, opt, {"data_position": 96})
+    path = save_checkpoint(RunDir(tmp_path), 3, sv, opt, {"data_position": 96})
     for _ in range(3):
         step(sv, opt)
     sv2, opt2 = make()
@@ -47,18 +48,18 @@ def test_resume_is_bit_identical(tmp_path):
 def test_latest_ignores_partial_folders(tmp_path):
     sv, opt = make()
     step(sv, opt)
-    save_checkpoint(tmp_path, 2, sv, opt)
-    save_checkpoint(tmp_path, 10, sv, opt)
+    save_checkpoint(RunDir(tmp_path), 2, sv, opt)
+    save_checkpoint(RunDir(tmp_path), 10, sv, opt)
     (tmp_path / ".step-12-abc").mkdir()          # an interrupted write
     (tmp_path / "step-11").mkdir()               # no state.json: incomplete
-    assert latest_checkpoint(tmp_path) == tmp_path / "step-10"
-    assert latest_checkpoint(tmp_path / "missing") is None
+    assert RunDir(tmp_path).latest_checkpoint() == tmp_path / "checkpoints" / "step-10"
+    assert RunDir(tmp_path / "missing").latest_checkpoint() is None
 
 
 def test_foreign_or_broken_checkpoint(tmp_path):
     sv, opt = make()
     step(sv, opt)
-    path = save_checkpoint(tmp_path, 1, sv, opt)
+    path = save_checkpoint(RunDir(tmp_path), 1, sv, opt)
     other = SteeringVectors(8, layers=[5])
     with pytest.raises(CheckpointError, match="holds entries"):
         load_checkpoint(path, other, torch.optim.Adam(other.parameters()))

@@ -24,7 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import rlsteer.train as train_module
 from rlsteer import evaluate as ev
-from rlsteer.checkpoint import latest_checkpoint
+from rlsteer.rundir import RunDir
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, TrainConfig, load_config
 from rlsteer.evaluate import evaluate, read_samples
@@ -68,7 +68,7 @@ def assert_consistent(run: Path, reference: Path) -> int:
     """The run directory after a stop: metrics, latest checkpoint and vectors.safetensors all describe the same
     step, bit for bit as the reference run had them; no temporary files. Returns that step."""
     steps = [m["step"] for m in read_metrics(run / "metrics.jsonl")]
-    ckpt = latest_checkpoint(run / "checkpoints")
+    ckpt = RunDir(run).latest_checkpoint()
     done = int(ckpt.name.removeprefix("step-")) if ckpt else 0
     assert steps == list(range(1, done + 1))
     if ckpt is not None:
@@ -345,7 +345,7 @@ def test_sigterm_mid_update_and_sigint_while_logging_then_resume_bit_for_bit(tmp
 
 def test_resume_without_a_checkpoint_starts_the_metrics_afresh(tmp_path):
     cfg = load_config(TrainConfig, SMOKE, [f"run.dir={tmp_path / 'run'}", *FAST, "rl.steps=2"])
-    run = train_module.prepare_run_dir(cfg, resume=False)
+    run = train_module.prepare_run_dir(cfg, resume=False).path
     (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "rew')  # killed before its first checkpoint
     (run / ".vectors.safetensors.0123abcd.tmp").write_bytes(b"half")  # and in the middle of a write
     train(cfg, resume=True, log=lambda _: None)

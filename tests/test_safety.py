@@ -82,13 +82,14 @@ def test_the_scan_catches_what_it_should():
 
 def test_checkpoints_resume_without_pickle(tmp_path, no_unpickling):
     from rlsteer.checkpoint import load_checkpoint, save_checkpoint
+    from rlsteer.rundir import RunDir
 
     sv = SteeringVectors(8, layers=[0, 1])
     opt = torch.optim.Adam(sv.parameters(), lr=0.1)
     sv.parameter(("resid_post", 0)).grad = torch.ones(8)
     sv.parameter(("resid_post", 1)).grad = torch.ones(8)
     opt.step()
-    path = save_checkpoint(tmp_path, 1, sv, opt)
+    path = save_checkpoint(RunDir(tmp_path), 1, sv, opt)
     assert sorted(p.name for p in path.iterdir()) == ["state.json", "state.safetensors", "vectors.safetensors"]
     json.loads((path / "state.json").read_text())  # plain JSON
     rng = torch.get_rng_state()

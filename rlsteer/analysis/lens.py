@@ -87,7 +87,7 @@ def lens_table(records: list[dict[str, Any]]) -> str:
 def plot_lens(vectors: SteeringVectors, model: nn.Module, stats: dict[str, Any], out: Path, *,
               final_norm: bool = False) -> list[Path]:
     """Figures: cosine histograms over the vocabulary per entry; norms; pairwise cosines."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
 
     arch = architecture_of(model)
     unembed, norm = arch.lm_head().weight, arch.final_norm() if final_norm else None
@@ -95,7 +95,7 @@ def plot_lens(vectors: SteeringVectors, model: nn.Module, stats: dict[str, Any],
     cols = min(6, len(entries))
     rows = math.ceil(len(entries) / cols)
     size = (max(5.5, 2.2 * cols), max(3.6, 1.8 * rows))
-    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, sharex=True)
+    fig, axes = subplots(rows, cols, figsize=size, squeeze=False, sharex=True)
     with torch.no_grad():
         for ax, entry in zip(axes.flat, entries, strict=False):
             cos, _ = lens_scores(vectors.vector(entry).to(unembed.device), unembed, norm)
@@ -110,7 +110,7 @@ def plot_lens(vectors: SteeringVectors, model: nn.Module, stats: dict[str, Any],
     fig.supylabel("tokens")
     paths = save_figure(fig, out / "lens_histograms")
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = subplots(1, 2, figsize=(11, 4))
     labels = stats["entries"]
     a1.plot(range(len(labels)), stats["norms"], marker="o")
     a1.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)

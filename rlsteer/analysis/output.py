@@ -18,24 +18,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: analyses run on servers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from rlsteer.io import write_atomically  # noqa: E402
+from rlsteer.io import write_atomically
+from rlsteer.rundir import RunDir
 
 
 def analysis_dir(vectors: Path, kind: str, out: str | os.PathLike[str] | None = None) -> Path:
     """``out``, else ``<run>/analysis/<kind>`` for a run's vector file, else ``analysis/<stem>/<kind>``."""
     if out is not None:
         return Path(out)
-    for parent in (vectors.parent, vectors.parent.parent.parent):  # run/vectors…, run/checkpoints/step-N/vectors…
-        if (parent / "config.yaml").is_file():
-            suffix = "" if parent == vectors.parent else f"-{vectors.parent.name}"
-            return parent / "analysis" / f"{kind}{suffix}"
+    owner = RunDir.of_vectors(vectors)
+    if owner is not None:
+        run, step = owner
+        return run.analysis_dir(kind, step)
     return Path("analysis") / vectors.stem / kind
 
 
@@ -51,7 +47,7 @@ def write_records(stem: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """``stem.png`` (150 dpi) and ``stem.pdf``; closes the figure."""
+    """``stem.png`` (150 dpi) and ``stem.pdf``."""
     paths = []
     formats: tuple[tuple[str, dict[str, Any]], ...] = ((".png", {"dpi": 150}), (".pdf", {}))
     for suffix, kwargs in formats:
@@ -59,5 +55,4 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
         fig.savefig(buf, format=suffix[1:], bbox_inches="tight", **kwargs)
         write_atomically(stem.with_suffix(suffix), buf.getvalue())
         paths.append(stem.with_suffix(suffix))
-    plt.close(fig)
     return paths

@@ -42,7 +42,7 @@ def patch_plan(n_heads: int, n_kv_heads: int, variants: Sequence[str] = VARIANTS
         if v not in VARIANTS:
             raise ValueError(f"unknown patch variant {v!r}; variants: {', '.join(VARIANTS)}")
         if v in HEAD_SITES:
-            plan += [(v, h) for h in range(n_kv_heads if v in KV_HEAD_SITES else n_heads)]
+            plan += [(v, h) for h in range(head_limit(v, n_heads, n_kv_heads)[0])]
         else:
             plan.append((v, None))
     return plan
@@ -97,11 +97,11 @@ def patching_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_patching(rows: Sequence[dict[str, Any]], out: Path, *, title: str = "") -> list[Path]:
     """One panel per head family, accuracy per head, with the baselines as horizontal lines (Fig. 5, 7, 8)."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
 
     panels = {name: vs for name, vs in PANELS.items() if any(r["variant"] in vs for r in rows)}
     baselines = {r["variant"]: r for r in rows if r["variant"] in BASELINES}
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False,
+    fig, axes = subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False,
                              sharey=True)
     styles = {"base": ("tab:gray", ":"), "full": ("tab:blue", "--"), "skip_attn": ("tab:red", "--"),
               "skip_layer": ("tab:purple", "-.")}

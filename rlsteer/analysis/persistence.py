@@ -215,12 +215,12 @@ def persistence_tables(result: dict[str, Any]) -> str:
 
 def plot_persistence(result: dict[str, Any], out: Path) -> list[Path]:
     """Fig. 2: Diff-Diff and Diff-Vector along later blocks per injection layer; Fig. 3: final-shift cosines."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import colormap, subplots
     from matplotlib.ticker import MaxNLocator
 
     records, injections = result["records"], result["injections"]
-    cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    cmap = colormap("viridis")
+    fig, axes = subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, metric, title in ((axes[0], "diff_diff", f"Diff-Diff ({result['reference']} mean)"),
                               (axes[1], "diff_vector", "Diff-Vector")):
         for n, i in enumerate(injections):
@@ -236,7 +236,7 @@ def plot_persistence(result: dict[str, Any], out: Path) -> list[Path]:
         axes[1].legend(fontsize=7, ncol=2)
     paths = save_figure(fig, out / "persistence")
 
-    fig, ax = plt.subplots(figsize=(0.35 * len(injections) + 3, 0.35 * len(injections) + 2.5))
+    fig, ax = subplots(figsize=(0.35 * len(injections) + 3, 0.35 * len(injections) + 2.5))
     image = ax.imshow(result["shift_cosines"], cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(injections)), injections, fontsize=7)
     ax.set_yticks(range(len(injections)), injections, fontsize=7)

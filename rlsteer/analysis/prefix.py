@@ -56,11 +56,11 @@ def prefix_records(results: dict[tuple[str, str], dict[str, Any]]) -> list[dict[
 
 def plot_prefix(rows: list[dict[str, Any]], out: Path, prefix: str) -> list[Path]:
     """Grouped bars per benchmark, one panel per mode (accuracy ×100, error bars: std over seeds)."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
 
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     benches = list(dict.fromkeys(r["benchmark"] for r in rows))
-    fig, axes = plt.subplots(1, len(MODES), figsize=(max(6.0, 1.6 * len(benches)) * len(MODES), 3.8), sharey=True,
+    fig, axes = subplots(1, len(MODES), figsize=(max(6.0, 1.6 * len(benches)) * len(MODES), 3.8), sharey=True,
                              squeeze=False)
     width = 0.8 / len(conditions)
     colors = {"base": "tab:gray", "steered": "tab:blue"}

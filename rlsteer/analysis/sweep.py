@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from rlsteer.analysis.output import save_figure, write_records
-from rlsteer.checkpoint import latest_checkpoint
 from rlsteer.config import EvalConfig, TargetSection, TrainConfig, dump_yaml
 from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
+from rlsteer.rundir import RunDir
 from rlsteer.steering.sites import Entry
 from rlsteer.steering.vectors import SteeringVectors
 
@@ -50,13 +50,13 @@ def orthogonal_configs(cfg: TrainConfig, layer: int, count: int, root: Path,
         run_dir = root / f"orthogonal-{k}"
         runs.append(replace(cfg, steering=replace(cfg.steering, layers=(layer,), orthogonal_to=tuple(earlier)),
                             run=replace(cfg.run, name=f"{cfg.run.name}-orthogonal-{k}", dir=str(run_dir))))
-        earlier.append(str(run_dir / "vectors.safetensors"))
+        earlier.append(str(RunDir(run_dir).vectors))
     return runs
 
 
 def is_finished(cfg: TrainConfig) -> bool:
-    ckpt = latest_checkpoint(cfg.run.path / "checkpoints")
-    return ckpt is not None and ckpt.name == f"step-{cfg.rl.steps}" and (cfg.run.path / "vectors.safetensors").is_file()
+    run = RunDir(cfg.run.path)
+    return run.checkpoint_steps()[-1:] == [cfg.rl.steps] and run.vectors.is_file()
 
 
 def job_script(configs: Sequence[TrainConfig], root: Path) -> str:
@@ -86,7 +86,7 @@ def stack_vectors(run_dirs: dict[int, Path], out: Path) -> Path:
     """One file with each run's ``resid_post`` vector at its layer (the authors' merged matrix)."""
     stacked: SteeringVectors | None = None
     for ell, run_dir in sorted(run_dirs.items()):
-        single = SteeringVectors.load(run_dir / "vectors.safetensors")
+        single = SteeringVectors.load(RunDir(run_dir).vectors)
         if stacked is None:
             stacked = SteeringVectors(single.d_model, metadata={**single.metadata, "stacked_from": str(out.parent)})
         stacked.add(Entry("resid_post", ell), single.vector(Entry("resid_post", ell)).detach(), trainable=False)
@@ -126,7 +126,7 @@ def run_layer_sweep(train_cfg: TrainConfig, eval_cfg: EvalConfig, layers: Sequen
     template = eval_cfg.target.template or train_cfg.data.template
     cfg = replace(eval_cfg, model=replace(eval_cfg.model, name=model), target=TargetSection(template=template))
     items: list[tuple[str, Path | None, float]] = [
-        (f"layer-{ell}", c.run.path / "vectors.safetensors", 1.0) for ell, c in configs.items()]
+        (f"layer-{ell}", RunDir(c.run.path).vectors, 1.0) for ell, c in configs.items()]
     if all_layers is not None:
         items.append(("all-layers", all_layers, 1.0))
     rows = evaluate_series(cfg, [("base", None, 1.0), *items], root, log=log)
@@ -143,11 +143,11 @@ def run_layer_sweep(train_cfg: TrainConfig, eval_cfg: EvalConfig, layers: Sequen
 
 def plot_layers(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Accuracy per steered layer, with base (sampled, greedy) and all-layer lines (paper Fig. 1)."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
     from matplotlib.ticker import MaxNLocator
 
     per_layer = sorted((r["layer"], r["mean"], r["std"]) for r in rows if r["layer"] is not None)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(per_layer) + 3), 3.6))
+    fig, ax = subplots(figsize=(max(6.0, 0.28 * len(per_layer) + 3), 3.6))
     ax.errorbar([p[0] for p in per_layer], [100 * p[1] for p in per_layer], yerr=[100 * p[2] for p in per_layer],
                 marker="o", capsize=2, label="single-layer vector")
     styles = {("base", False): ("tab:gray", ":", "base (T = {t:g})"), ("base", True): ("black", "--", "base (greedy)"),
@@ -170,7 +170,7 @@ def run_orthogonal(train_cfg: TrainConfig, eval_cfg: EvalConfig, layer: int, cou
     """Train the orthogonal series at ``layer`` (resumable), check orthogonality, evaluate, plot (Fig. 12)."""
     configs = orthogonal_configs(train_cfg, layer, count, root, original)
     train_all(configs, log)
-    files = ([original] if original is not None else []) + [c.run.path / "vectors.safetensors" for c in configs]
+    files = ([original] if original is not None else []) + [RunDir(c.run.path).vectors for c in configs]
     entry = Entry("resid_post", layer)
     stack = torch.stack([SteeringVectors.load(f).vector(entry).detach().float() for f in files])  # [k, d]
     unit = stack / stack.norm(dim=1, keepdim=True)
@@ -199,11 +199,11 @@ def run_scale(eval_cfg: EvalConfig, vectors: Path, scales: Sequence[float], root
 
 
 def plot_series(rows: Sequence[dict[str, Any]], stem: Path, *, x: str, xlabel: str, title: str) -> list[Path]:
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
     from matplotlib.ticker import MaxNLocator
 
     points = sorted((r[x], r["mean"], r["std"]) for r in rows)
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points], marker="o",
                 capsize=2)
     ax.set_xlabel(xlabel)

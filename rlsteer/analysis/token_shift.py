@@ -169,7 +169,7 @@ def first_position_table(records: Sequence[dict[str, Any]], top: int = 10) -> li
 def plot_top_tokens(records: Sequence[dict[str, Any]], out: Path, *, top: int = 5,
                     highlight: str | None = None) -> list[Path]:
     """Box plots of the top tokens by maximum Δp, with ``highlight``'s Δp at position 0 as a sixth box."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import subplots
 
     groups = group_by_token(records)[:top]
     data = [g["values"] for g in groups]
@@ -178,7 +178,7 @@ def plot_top_tokens(records: Sequence[dict[str, Any]], out: Path, *, top: int = 
     if highlight is not None and records and key in records[0]:
         data.append([r[key] for r in records if r["position"] == 0])
         labels.append(f"{highlight!r} at pos. 0")
-    fig, ax = plt.subplots(figsize=(1.4 * len(data) + 2, 3.6))
+    fig, ax = subplots(figsize=(1.4 * len(data) + 2, 3.6))
     box = ax.boxplot(data, patch_artist=True, showfliers=True)
     ax.set_xticks(range(1, len(labels) + 1), labels)
     for i, patch in enumerate(box["boxes"]):

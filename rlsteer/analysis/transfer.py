@@ -126,14 +126,14 @@ def transfer_tables(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> str
 
 def plot_transfer(rows: Sequence[dict[str, Any]], names: Sequence[str], out: Path) -> list[Path]:
     """Heatmap of the normalised gain, recipients as rows, donors as columns."""
-    import matplotlib.pyplot as plt
+    from rlsteer.figures import colormap, subplots
 
     cell = {(r["recipient"], r["donor"]): r.get("normalised_gain", math.nan) for r in rows}
     grid = [[cell[r, d] for d in names] for r in names]
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 1.1 * len(names) + 1.5))
+    fig, ax = subplots(figsize=(1.3 * len(names) + 2.5, 1.1 * len(names) + 1.5))
     import numpy as np
 
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # n/a: the own vector did not beat the base
+    cmap = colormap("viridis").with_extremes(bad="lightgrey")  # n/a: the own vector did not beat the base
     values = np.ma.masked_invalid(np.array(grid, dtype=float))
     image = ax.imshow(values, cmap=cmap, vmin=min(0.0, float(values.min()) if values.count() else 0.0), vmax=1.0)
     for i, row in enumerate(grid):

@@ -42,12 +42,10 @@ import torch
 from rlsteer.distributed import SINGLE, World, checksum
 from rlsteer.errors import RlsteerError
 from rlsteer.rollout.base import Request, Rollout, SamplingParams
-from rlsteer.steering.sites import Entry
+from rlsteer.steering.sites import ATTN_OUTPUT_SITES, Entry, output_block
 from rlsteer.steering.vectors import SteeringVectors, as_entry
 
 #: where each supported entry lands: (bias, layer offset)
-_BIAS_OF_SITE = {"resid_post": ("mlp", 0), "skip_layer": ("mlp", 0), "attn_out": ("attn", 0),
-                 "skip_attn": ("attn", 0), "resid_pre": ("mlp", -1), "full": ("mlp", -1)}
 
 
 class VLLMError(RlsteerError):
@@ -66,11 +64,12 @@ def engine_biases(vectors: SteeringVectors | Mapping[Any, torch.Tensor] | None, 
     else:
         items = {(Entry("resid_post", k) if isinstance(k, int) else as_entry(k)): v for k, v in vectors.items()}
     for entry, value in items.items():
-        if entry.site not in _BIAS_OF_SITE:
-            raise VLLMError(f"{entry.name}: the vLLM backend applies {', '.join(_BIAS_OF_SITE)}; use "
-                            "rollout.backend=hf (backend='hf') for other sites and per-head patches")
-        bias, offset = _BIAS_OF_SITE[entry.site]
-        layer = entry.layer + offset
+        block = output_block(entry)  # a block output is a down_proj bias, a post-attention vector an o_proj one
+        bias, layer = ("mlp", block) if block is not None else ("attn", entry.layer)
+        if block is None and entry.site not in ATTN_OUTPUT_SITES:
+            raise VLLMError(f"{entry.name}: the vLLM backend applies block-output vectors (resid_post, resid_pre) "
+                            "and post-attention ones (attn_out); use rollout.backend=hf (backend='hf') for other "
+                            "sites and per-head patches")
         if layer < 0:
             raise VLLMError(f"{entry.name}: the vLLM backend cannot add a vector before block 0; use "
                             "rollout.backend=hf")

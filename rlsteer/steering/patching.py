@@ -44,7 +44,7 @@ from rlsteer.steering.hooks import (
     replace_first,
     with_hidden_input,
 )
-from rlsteer.steering.sites import BRANCH_SITES, HEAD_SITES, KV_HEAD_SITES, PATCH_SITES, Entry, SiteError
+from rlsteer.steering.sites import BRANCH_SITES, HEAD_SITES, PATCH_SITES, Entry, SiteError, head_limit
 
 
 class PatchError(RlsteerError):
@@ -227,11 +227,9 @@ def _check_heads(arch: Architecture, site: str, heads: tuple[int, ...]) -> None:
         return
     if not heads:
         raise SiteError(f"{site} needs at least one head")
-    kv = site in KV_HEAD_SITES
-    limit = arch.n_kv_heads if kv else arch.n_heads
+    limit, kind = head_limit(site, arch.n_heads, arch.n_kv_heads)
     for h in heads:
         if not 0 <= h < limit:
-            kind = "KV heads" if kv else "query heads"
             raise SiteError(f"{site}: head {h} is out of range, the model has {limit} {kind} (0..{limit - 1})")
     if len(set(heads)) != len(heads):
         raise SiteError(f"{site}: repeated head indices {list(heads)}")

@@ -86,3 +86,56 @@ class Entry:
             if isinstance(err, SiteError):
                 raise
         raise SiteError(f"bad entry name {name!r}; expected 'site.layer' or 'site.layer.head'")
+
+
+# ------------------------------------------------------------------------------------------ geometry
+#
+# Which block a vector belongs to, and how many heads bound a head index, asked by the vLLM backend, the
+# exporters, evaluation's circuit patches, training's config checks and vector files alike.
+
+#: Sites whose vector is added to a block's output, and which block: resid_pre ℓ (the input of block ℓ) is
+#: the output of block ℓ − 1; skip_layer and full are their patch twins.
+_BLOCK_OUTPUT_OFFSET = {"resid_post": 0, "skip_layer": 0, "resid_pre": -1, "full": -1}
+#: Sites whose vector is added to the output of block ℓ's attention (post-attention residual).
+ATTN_OUTPUT_SITES = ("attn_out", "skip_attn")
+
+
+def output_block(entry: Entry) -> int | None:
+    """The block whose output ``entry``'s vector is added to (−1: before block 0, the embeddings); None for
+    sites that act inside a block.
+
+    Example:
+        >>> output_block(Entry("resid_post", 5)), output_block(Entry("resid_pre", 5)), output_block(Entry("attn_out", 5))
+        (5, 4, None)
+    """
+    offset = _BLOCK_OUTPUT_OFFSET.get(entry.site)
+    return None if offset is None else entry.layer + offset
+
+
+def fed_block(entry: Entry) -> int:
+    """The block whose input a residual vector feeds: resid_post ℓ (and skip_layer ℓ) feed block ℓ + 1,
+    resid_pre ℓ (and full ℓ) block ℓ. This is where a circuit patch of the vector goes (the paper moves
+    s26 into block 27).
+
+    Example:
+        >>> fed_block(Entry("resid_post", 26)), fed_block(Entry("resid_pre", 27))
+        (27, 27)
+    """
+    block = output_block(entry)
+    if block is None:
+        raise SiteError(f"{entry.name} is not added to the residual stream between blocks; only "
+                        f"{', '.join(_BLOCK_OUTPUT_OFFSET)} vectors feed a block")
+    return block + 1
+
+
+def head_limit(site: str, n_heads: int, n_kv_heads: int) -> tuple[int, str]:
+    """How many heads bound ``site``'s head index, and what they are called: KV heads for steer_k / steer_v
+    (under GQA several query heads share one), query heads for the other per-head sites.
+
+    Example:
+        >>> head_limit("steer_v", 14, 2), head_limit("steer_q", 14, 2)
+        ((2, 'KV heads'), (14, 'query heads'))
+    """
+    if site not in HEAD_SITES:
+        raise SiteError(f"site {site!r} takes no head index")
+    return (n_kv_heads, "KV heads") if site in KV_HEAD_SITES else (n_heads, "query heads")

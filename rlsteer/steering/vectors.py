@@ -25,7 +25,7 @@ from torch import nn
 from rlsteer.errors import RlsteerError
 from rlsteer.io import replacing
 from rlsteer.steering.constraints import orthonormal_basis, project_out
-from rlsteer.steering.sites import KV_HEAD_SITES, Entry, SiteError
+from rlsteer.steering.sites import Entry, SiteError, head_limit
 
 FORMAT = "rlsteer.steering_vectors/1"
 
@@ -185,6 +185,10 @@ class SteeringVectors(nn.Module):
 
     def basis(self, entry: EntryLike) -> torch.Tensor | None:
         return self._bases.get(_key(as_entry(entry)))
+
+    def set_basis(self, entry: EntryLike, basis: torch.Tensor) -> None:
+        """Restore an orthonormal basis [k, d] saved from :meth:`basis` (a checkpoint's), as it is."""
+        self._bases[_key(as_entry(entry))] = basis.to(self.parameter(entry).device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> SteeringVectors:
         """Follow ``.to(device)`` with the orthogonality bases, which stay fp32 whatever the dtype."""
@@ -354,10 +358,8 @@ def check_entries_fit(arch: Any, d_model: int, entries: Iterable[Entry], metadat
             raise VectorFileError(f"entry {entry.name}: layer {entry.layer} is out of range, the model has "
                                   f"{arch.n_layers} layers (0..{arch.n_layers - 1}); made for {made_for}")
         if entry.head is not None:
-            kv = entry.site in KV_HEAD_SITES
-            limit = arch.n_kv_heads if kv else arch.n_heads
+            limit, kind = head_limit(entry.site, arch.n_heads, arch.n_kv_heads)
             if entry.head >= limit:
-                kind = "KV heads" if kv else "query heads"
                 raise VectorFileError(f"entry {entry.name}: head {entry.head} is out of range, the model has "
                                       f"{limit} {kind} (0..{limit - 1}); made for {made_for}")
 
