@@ -24,7 +24,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import rlsteer.train as train_module
 from rlsteer import evaluate as ev
-from rlsteer.rundir import RunDir
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, TrainConfig, load_config
 from rlsteer.evaluate import evaluate, read_samples
@@ -32,6 +31,7 @@ from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import replacing, staged_folder, write_atomically
 from rlsteer.metrics import append_metrics, read_metrics
 from rlsteer.rewards import RewardPool
+from rlsteer.rundir import RunDir
 from rlsteer.steering.vectors import read_vector_file
 from rlsteer.train import train
 

@@ -105,8 +105,8 @@ def output_block(entry: Entry) -> int | None:
     sites that act inside a block.
 
     Example:
-        >>> output_block(Entry("resid_post", 5)), output_block(Entry("resid_pre", 5)), output_block(Entry("attn_out", 5))
-        (5, 4, None)
+        >>> [output_block(Entry(site, 5)) for site in ("resid_post", "resid_pre", "attn_out")]
+        [5, 4, None]
     """
     offset = _BLOCK_OUTPUT_OFFSET.get(entry.site)
     return None if offset is None else entry.layer + offset
