@@ -163,21 +163,26 @@ def architecture_of(model: nn.Module) -> Architecture:
     config = getattr(model, "config", None)
     if config is None:
         raise UnsupportedArchitectureError("expected a transformers *ForCausalLM model with a .config")
+    return Architecture(model=model, **shape_of(config))
+
+
+def shape_of(config: Any) -> dict[str, Any]:
+    """A transformers config's family and geometry (the fields of :class:`Architecture` but the model), read
+    without loading weights.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> shape = shape_of(LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2))
+        >>> shape["family"].name, shape["d_model"], shape["n_kv_heads"], shape["head_dim"]
+        ('llama', 64, 2, 16)
+    """
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    family = family_for(config.model_type)
     n_heads = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    return Architecture(
-        family=family,
-        model=model,
-        n_layers=config.num_hidden_layers,
-        d_model=config.hidden_size,
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        head_dim=head_dim,
-        vocab_size=config.vocab_size,
-    )
+    return {"family": family_for(config.model_type), "n_layers": config.num_hidden_layers,
+            "d_model": config.hidden_size, "n_heads": n_heads,
+            "n_kv_heads": getattr(config, "num_key_value_heads", None) or n_heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+            "vocab_size": config.vocab_size}
 
 
 def _get(root: nn.Module, path: str) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from rlsteer.errors import RlsteerError, writing
+from rlsteer.errors import RlsteerError, first_line, writing
 from rlsteer.io import staged_folder
 from rlsteer.rundir import STATE_JSON, STATE_TENSORS, VECTORS, RunDir
 from rlsteer.steering.vectors import SteeringVectors
@@ -98,7 +98,7 @@ def load_checkpoint(path: Path, vectors: SteeringVectors, optimizer: torch.optim
         meta = json.loads((path / STATE_JSON).read_text())
         tensors = load_file(str(path / STATE_TENSORS))
     except Exception as err:  # OSError, JSON errors and safetensors' own error type
-        raise CheckpointError(f"checkpoint {path} is unreadable ({str(err).splitlines()[0]}); delete it to "
+        raise CheckpointError(f"checkpoint {path} is unreadable ({first_line(err)}); delete it to "
                               "resume from the previous one") from None
     if meta["entries"] != [e.name for e in vectors.entries]:
         raise CheckpointError(f"checkpoint {path} holds entries {meta['entries']} but this run trains "

@@ -1,5 +1,8 @@
 """The ``rlsteer`` command line: thin wrappers over the library functions.
 
+Longer than most modules because it holds every subcommand's argparse definition next to its wrapper; the
+work itself lives in the library modules the wrappers call.
+
 Every subcommand prints one ``rlsteer: error: …`` line and exits with status 2 on bad input. SIGINT or
 SIGTERM during ``train`` or ``eval`` (and the commands built on them) ends with one ``rlsteer: interrupted by
 …`` line saying what was saved and the command that resumes, and status 130 (SIGINT) or 143 (SIGTERM).
@@ -112,7 +115,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlsteer.config import dump_yaml
 
     if args.compare:
-        from rlsteer.evaluate import compare_table, load_results
+        from rlsteer.results import compare_table, load_results
 
         markdown, table = compare_table([load_results(p) for p in args.compare], args.metric)
         print(markdown)
@@ -178,7 +181,7 @@ def _analyze_patching(args: argparse.Namespace) -> int:
 def _analyze_transfer(args: argparse.Namespace) -> int:
     from rlsteer.analysis.transfer import run_transfer
 
-    config_keys = ("protocol.", "engine.", "model.", "target.")
+    config_keys = ("protocol.", "engine.", "model.", "target.", "reward.")
     args.items = [*args.items, *(x for x in args.parties if x.startswith(config_keys))]
     _, cfg = _eval_config(args)
     run_transfer(cfg, [x for x in args.parties if not x.startswith(config_keys)], out=args.out)
@@ -201,8 +204,9 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
     from rlsteer.config import TrainConfig, load_config
 
     eval_keys = ("protocol.", "engine.", "target.")
+    both = ("model.", "reward.workers=", "reward.timeout_s=")  # sections train and evaluation share
     train_items = [x for x in args.items if not x.startswith(eval_keys)]
-    args.items = [x for x in args.items if x.startswith((*eval_keys, "model."))]
+    args.items = [x for x in args.items if x.startswith((*eval_keys, *both))]
     _, eval_cfg = _eval_config(args)
     root = Path(args.out)
     if args.mode == "scale":
@@ -360,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate base, steered, prefixed or patched models with the paper's protocol",
                        description="Evaluate a model on math benchmarks. TARGET is a vector file or a run "
                                    "directory (none: the base model); KEY=VALUE items override the config "
-                                   "(model.*, target.*, protocol.*, engine.*, out).")
+                                   "(model.*, target.*, protocol.*, engine.*, reward.*, out).")
     p.add_argument("items", nargs="*", metavar="[TARGET] [KEY=VALUE]",
                    help="a vector file or run directory, then config overrides")
     _protocol_flags(p)
@@ -445,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("mode", choices=("layers", "orthogonal", "scale"))
     k.add_argument("source", help="a training config/preset (layers, orthogonal) or a vector file (scale)")
     k.add_argument("items", nargs="*", metavar="KEY=VALUE",
-                   help="overrides: protocol.*/engine.*/target.* go to the evaluation, model.* to both, the rest "
-                        "to training")
+                   help="overrides: protocol.*/engine.*/target.* go to the evaluation, model.* and "
+                        "reward.workers/timeout_s to both, the rest to training")
     k.add_argument("--layers", default="all", help="layers mode: comma-separated layers or 'all' (default)")
     k.add_argument("--all-layers", type=Path, help="layers mode: an all-layer run's vector file for the baseline")
     k.add_argument("--emit-jobs", action="store_true",

@@ -1,256 +1,107 @@
-"""Frozen dataclass configs from YAML files plus ``section.key=value`` overrides.
+"""rlsteer's configs: ``TrainConfig`` (``rlsteer train``) and ``EvalConfig`` (``rlsteer eval``), each made of
+small frozen sections that YAML files and ``section.key=value`` overrides fill (:mod:`rlsteer.configload`).
 
-Every stage has one config class made of small frozen sections; :func:`load_config` builds it from a YAML
-file (or dict) and command-line overrides, checking every key and type, and suggesting the closest valid
-key for a typo. :func:`config_hash` identifies a resolved config (it is recorded in vector files).
+Sections that mean the same thing in training and evaluation are one class: sampling settings
+(:class:`SamplingSection`: ``rollout.*`` and ``protocol.*``), the rollout engine (:class:`BackendSection`:
+``rollout.*`` and ``engine.*``) and the verifier pool (:class:`VerifierSection`: ``reward.*`` in both).
 
 Example:
-    >>> from dataclasses import dataclass
-    >>> @dataclass(frozen=True)
-    ... class Opt:
-    ...     lr: float = 1e-3
-    ...     steps: int = 10
-    >>> load_config(Opt, {"steps": 5}, ["lr=0.01"])
-    Opt(lr=0.01, steps=5)
-    >>> load_config(Opt, {}, ["lrr=1"])
+    >>> cfg = load_config(TrainConfig, "smoke", ["rl.steps=3"])
+    >>> cfg.rl.steps, cfg.rollout.temperature
+    (3, 1.0)
+    >>> load_config(EvalConfig, None, ["engine.reward_workers=0"])
     Traceback (most recent call last):
     ...
-    rlsteer.config.ConfigError: unknown config key 'lrr'; did you mean 'lr'?
+    rlsteer.configload.ConfigError: config key 'engine.reward_workers' is now 'reward.workers'; write reward.workers=0
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
-import json
-import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import yaml
+from rlsteer.configload import (
+    PRESETS,
+    ConfigError,
+    Loaded,
+    build,
+    config_hash,
+    dump_yaml,
+    load_config,
+    preset_path,
+    read_yaml,
+    to_dict,
+)
+from rlsteer.templates import DEFAULT_TEMPLATE
 
-from rlsteer.errors import RlsteerError
+if TYPE_CHECKING:
+    from rlsteer.rollout.base import SamplingParams
 
-T = TypeVar("T")
-
-
-class ConfigError(RlsteerError):
-    pass
-
-
-def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-                overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from a YAML file or a dict, then apply ``key.path=value`` overrides (YAML values)."""
-    if source is None:
-        data: dict[str, Any] = {}
-    elif isinstance(source, Mapping):
-        try:
-            data = json.loads(json.dumps(source))  # a deep, plain copy
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"the config is not plain data ({err}); use mappings, lists, strings, numbers, "
-                              "booleans and None") from None
-    else:
-        data = read_yaml(Path(source))
-    source_protocol = data.get("protocol")
-    greedy_n_in_source = (isinstance(source_protocol, Mapping) and bool(source_protocol.get("n"))
-                          and source_protocol.get("temperature") == 0)
-    keys = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. rl.lr=1e-3)")
-        keys.append(key.strip())
-        _set_path(data, keys[-1].split("."), _override_value(key, raw))
-    cfg = build(cls, data)
-    _check_greedy_samples(cfg, greedy_n_in_source, keys)
-    return cfg
+__all__ = ["PRESETS", "ConfigError", "EvalConfig", "TrainConfig", "build", "config_hash", "dump_yaml", "load_config",
+           "preset_path", "read_yaml", "to_dict"]
 
 
-def _override_value(key: str, raw: str) -> Any:
-    """The YAML value of an override (empty: None); unparsable YAML is a one-line :class:`ConfigError`."""
-    if not raw.strip():
-        return None
-    try:
-        return yaml.safe_load(raw)
-    except (yaml.YAMLError, ValueError, RecursionError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"override {key.strip()}={raw!r} is not a valid YAML value ({reason}); quote strings, "
-                          "e.g. data.prefix='\"To\"'") from None
+# ------------------------------------------------------------------------------------------ shared sections
 
 
-def _check_greedy_samples(cfg: Any, in_source: bool, override_keys: Sequence[str]) -> None:
-    """Refuse ``protocol.n`` > 1 given explicitly together with ``protocol.temperature`` 0.
+@dataclass(frozen=True)
+class SamplingSection:
+    """How completions are sampled (paper: T = 1, top_p = 1, 4096 total tokens for Qwen-Math).
 
-    Greedy decoding gives one sample per problem, and :meth:`ProtocolSection.samples` forces n = 1 when a
-    sampled protocol (e.g. ``paper``) is made greedy with ``protocol.temperature=0``. An n > 1 set in the same
-    file as temperature 0, or as an override, asks for something greedy decoding cannot give.
+    Attributes:
+        temperature: softmax temperature; 0 is greedy.
+        top_p: nucleus mass kept (1 = off).
+        top_k: keep the k most likely tokens (-1 = off).
+        max_new_tokens: generated tokens per completion at most.
+        max_total_tokens: prompt + completion at most (None: no limit); the tighter limit wins.
     """
-    protocol = getattr(cfg, "protocol", None)
-    if not isinstance(protocol, ProtocolSection) or protocol.temperature != 0:
-        return
-    many = {bench: n for bench, n in protocol.n.items() if n > 1}
-    if not many:
-        return
-    in_overrides = any(k == "protocol.n" or k.startswith("protocol.n.") for k in override_keys)
-    if in_overrides or in_source:
-        shown = ", ".join(f"{b}: {n}" for b, n in many.items())
-        raise ConfigError(f"protocol.n asks for several samples ({shown}) but protocol.temperature=0 (greedy) "
-                          "gives one sample per problem; drop protocol.n or set protocol.temperature > 0")
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 4096
+    max_total_tokens: int | None = 4096
+
+    def sampling(self, *, logprobs: bool = False) -> SamplingParams:
+        """These settings as the backends' :class:`rlsteer.rollout.SamplingParams`."""
+        from rlsteer.rollout.base import SamplingParams
+
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, max_total_tokens=self.max_total_tokens,
+                              logprobs=logprobs)
 
 
-PRESETS = Path(__file__).resolve().parent / "presets"
+@dataclass(frozen=True)
+class BackendSection:
+    """The rollout engine (:func:`rlsteer.rollout.factory.make_backend` builds it).
+
+    Attributes:
+        backend: ``hf`` (transformers, any site or patch) or ``vllm`` (residual sites, much faster on GPU).
+        batch_size: HF rows decoded together.
+        vllm_tensor_parallel_size: GPUs per vLLM engine.
+        vllm_gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache).
+        vllm_enforce_eager: skip vLLM's graph capture (faster start, slower decoding).
+    """
+
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_enforce_eager: bool = False
 
 
-def preset_path(name: str | os.PathLike[str]) -> Path:
-    """A config file: an existing path, else a preset shipped with rlsteer (``demo-cpu``, ``paper/…``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (PRESETS / path, PRESETS / f"{path}.yaml", PRESETS / path.name):
-        if candidate.is_file():
-            return candidate
-    names = sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml"))
-    raise ConfigError(f"config file {path} does not exist and is not a preset; presets: {', '.join(names)}")
+@dataclass(frozen=True)
+class VerifierSection:
+    """The Math-Verify process pool.
 
+    Attributes:
+        timeout_s: hard per-answer verification timeout (the worker is killed past it).
+        workers: verification processes (0: verify in this process, without a timeout).
+    """
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    path = preset_path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections, not a {type(data).__name__}")
-    return data
-
-
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Instantiate the dataclass ``cls`` from ``data``, recursively, with key and type checks."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            raise ConfigError(_unknown_key(prefix + str(key), [prefix + k for k in _all_keys(cls)]))
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], prefix + name)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, RlsteerError):
-            raise
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
-
-
-def _all_keys(cls: type) -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        keys.append(f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += [f"{f.name}.{k}" for k in _all_keys(hints[f.name])]
-    return keys
-
-
-def _unknown_key(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
-    return f"unknown config key {key!r}; {hint}"
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        reasons = "; or ".join(e.removeprefix(f"{where}: ") for e in errors)
-        raise ConfigError(f"{where}: {reasons}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value if value is not None else {}, where + ".")  # type: ignore[arg-type]
-    if origin in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        kt, vt = args if args else (Any, Any)
-        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
-                try:
-                    return int(value)
-                except ValueError:  # e.g. more digits than Python converts
-                    pass
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML/JSON-ready dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def config_hash(cfg: Any) -> str:
-    """A short, stable hash of a resolved config (sorted JSON, sha256, 12 hex digits)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-
-
-# ------------------------------------------------------------------------------------------ train config
+    timeout_s: float = 5.0
+    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -303,28 +154,17 @@ class DataSection:
     data_dir: str | None = None
     limit: int | None = None
     shuffle_seed: int = 0
-    template: str = "qwen-math"
+    template: str = DEFAULT_TEMPLATE
     prefix: str | None = None
 
 
 @dataclass(frozen=True)
-class RolloutSection:
-    """Sampling during training (paper: T = 1, top_p = 1, 4096 total tokens for Qwen-Math)."""
-
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_new_tokens: int = 4096
-    max_total_tokens: int | None = 4096
-    vllm_tensor_parallel_size: int = 1
-    vllm_gpu_memory_utilization: float = 0.5
-    vllm_enforce_eager: bool = False
+class RolloutSection(BackendSection, SamplingSection):
+    """Sampling during training, and the engine that samples (the fields of both sections)."""
 
 
 @dataclass(frozen=True)
-class RewardSection:
+class RewardSection(VerifierSection):
     """The reward: Math-Verify (±1 by default; ``zero_one`` for 0/1), or a first-token check for smoke runs.
 
     Attributes:
@@ -335,8 +175,7 @@ class RewardSection:
             models that never box their answers) or ``any`` (Math-Verify's own extraction over the whole
             completion; it evaluates expressions, so restating "2 + 7" counts as 9 — avoid on arithmetic).
         mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
-        timeout_s: hard per-answer verification timeout (the worker is killed past it).
-        workers: verification processes.
+        timeout_s, workers: the verifier pool (:class:`VerifierSection`).
     """
 
     kind: Literal["math", "first_token"] = "math"
@@ -344,8 +183,6 @@ class RewardSection:
     values: Literal["pm1", "zero_one"] = "pm1"
     extraction: Literal["boxed", "number", "any"] = "boxed"
     mask_truncated: bool = False
-    timeout_s: float = 5.0
-    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -459,8 +296,8 @@ class TargetSection:
 
 
 @dataclass(frozen=True)
-class ProtocolSection:
-    """How samples are drawn and scored (reference-semantics §3; presets ``paper``, ``paper-greedy``, ``gsm8k``).
+class ProtocolSection(SamplingSection):
+    """How samples are drawn and scored (docs/semantics.md; presets ``paper``, ``paper-greedy``, ``gsm8k``).
 
     Attributes:
         benchmarks: registry names (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k) or
@@ -477,11 +314,6 @@ class ProtocolSection:
 
     benchmarks: tuple[str, ...] = ("gsm8k",)
     n: dict[str, int] = field(default_factory=dict)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_new_tokens: int = 4096
-    max_total_tokens: int | None = 4096
     seeds: tuple[int, ...] = (0,)
     limit: int | None = None
     data_dir: str | None = None
@@ -493,25 +325,15 @@ class ProtocolSection:
 
 
 @dataclass(frozen=True)
-class EngineSection:
-    """Where samples come from and how they are scored.
+class EngineSection(BackendSection):
+    """Where evaluation samples come from.
 
     Attributes:
-        backend: ``hf`` (transformers, any site or patch) or ``vllm`` (residual sites, much faster on GPU).
-        batch_size: HF rows decoded together.
         chunk: requests generated, scored and written per round (resume granularity; None: batch_size for
             hf, 512 for vllm).
-        reward_workers: Math-Verify processes (scoring overlaps the next chunk's generation).
     """
 
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 32
     chunk: int | None = None
-    reward_workers: int = 2
-    reward_timeout_s: float = 5.0
-    vllm_tensor_parallel_size: int = 1
-    vllm_gpu_memory_utilization: float = 0.5
-    vllm_enforce_eager: bool = False
 
 
 @dataclass(frozen=True)
@@ -522,4 +344,27 @@ class EvalConfig:
     target: TargetSection = field(default_factory=TargetSection)
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     engine: EngineSection = field(default_factory=EngineSection)
+    reward: VerifierSection = field(default_factory=VerifierSection)
     out: str | None = None
+
+    RENAMED: ClassVar[dict[str, str]] = {"engine.reward_workers": "reward.workers",
+                                         "engine.reward_timeout_s": "reward.timeout_s"}
+
+    @classmethod
+    def checked(cls, cfg: EvalConfig, loaded: Loaded) -> None:
+        """Refuse ``protocol.n`` > 1 given explicitly together with ``protocol.temperature`` 0.
+
+        Greedy decoding gives one sample per problem, and :meth:`ProtocolSection.samples` forces n = 1 when a
+        sampled protocol (e.g. ``paper``) is made greedy with ``protocol.temperature=0``. An n > 1 set in the
+        same file as temperature 0, or as an override, asks for something greedy decoding cannot give.
+        """
+        protocol = cfg.protocol
+        many = {bench: n for bench, n in protocol.n.items() if n > 1}
+        if protocol.temperature != 0 or not many:
+            return
+        given: Any = loaded.source.get("protocol")
+        in_source = isinstance(given, dict) and bool(given.get("n")) and given.get("temperature") == 0
+        if in_source or loaded.overrides("protocol.n"):
+            shown = ", ".join(f"{b}: {n}" for b, n in many.items())
+            raise ConfigError(f"protocol.n asks for several samples ({shown}) but protocol.temperature=0 (greedy) "
+                              "gives one sample per problem; drop protocol.n or set protocol.temperature > 0")

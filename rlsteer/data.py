@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, first_line
+from rlsteer.hub import looks_like_hub_id
 
 
 class DataError(RlsteerError):
@@ -96,7 +97,7 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
         problems = _load_registered(REGISTRY[spec], data_dir)
     elif Path(spec).expanduser().exists():
         problems = read_problems(Path(spec).expanduser())
-    elif _looks_like_hub_id(spec):
+    elif looks_like_hub_id(spec):
         problems = _from_hub(DatasetSpec(spec, "", spec, "train"))
     else:
         raise DataError(f"unknown dataset {spec!r}: not a registry name ({', '.join(REGISTRY)}), an existing "
@@ -195,10 +196,6 @@ def _answer_text(answer: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ hub
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
 
 def _from_hub(spec: DatasetSpec) -> list[Problem]:
     try:
@@ -212,7 +209,7 @@ def _from_hub(spec: DatasetSpec) -> list[Problem]:
         for config in spec.configs:
             rows += list(datasets.load_dataset(spec.hf_id, config, split=spec.split))
     except Exception as err:  # network, auth, missing split: one line with the cause
-        raise DataError(f"cannot load {spec.hf_id} from the hub: {str(err).splitlines()[0]}") from None
+        raise DataError(f"cannot load {spec.hf_id} from the hub: {first_line(err)}") from None
     mapped = []
     for i, row in enumerate(rows):
         mapped.append((i + 1, {"id": str(row.get("unique_id", row.get("id", i))),

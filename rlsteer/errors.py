@@ -30,6 +30,17 @@ class RlsteerError(ValueError):
         super().__init__(*(" ".join(a.splitlines()) if isinstance(a, str) else a for a in args))
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors.
+
+    Example:
+        >>> first_line(OSError("disk full\\nmore detail")), first_line(KeyError())
+        ('disk full', 'KeyError')
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class OutputError(RlsteerError):
     """A file or folder rlsteer cannot write: the message names the path, the cause and the fix."""
 

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib import colormaps
 from matplotlib.colors import Colormap
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
-             layout: str | None = None, **kwargs: Any) -> tuple[Figure, Any]:
+             layout: Literal["constrained", "compressed", "tight"] | None = None, **kwargs: Any) -> tuple[Figure, Any]:
     """``pyplot.subplots`` without pyplot: a new figure and its axes (same arguments and squeezing)."""
     fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(nrows, ncols, **kwargs)

@@ -53,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -64,8 +63,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlsteer.errors import RlsteerError
+from rlsteer.bias_checkpoint import BiasCheckpointError, read_checkpoint_biases
+from rlsteer.errors import RlsteerError, first_line
 from rlsteer.io import replacing, staged_folder
+from rlsteer.models import config_identity, load_model
 from rlsteer.steering.sites import ATTN_OUTPUT_SITES, Entry, output_block
 from rlsteer.steering.vectors import SteeringVectors
 
@@ -75,7 +76,6 @@ FORMATS = {"bias": "a down_proj-bias checkpoint", "npy": "an [L, d] .npy matrix"
 IMPORT_FORMATS = ("bias", "npy", "gguf")
 
 #: site → offset of the block whose output the vector is added to (the vLLM backend's table)
-_BIAS_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.down_proj\.bias$")  # every supported family
 BIAS_SITE = "down_proj_bias"
 _GGUF_ARCH = "controlvector"
 
@@ -100,7 +100,7 @@ def export_vectors(vectors: SteeringVectors, out: str | os.PathLike[str], fmt: s
         return export_bias(vectors, out, model=model, dtype=dtype)
     if fmt not in FORMATS:
         raise InteropError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    identity = _config_identity(model) if model else None
+    identity = config_identity(model) if model else None
     if identity is not None:
         _check_fits(vectors.d_model, _placed(vectors, fmt), identity)
     if fmt == "npy":
@@ -126,7 +126,7 @@ def import_vectors(source: str | os.PathLike[str], fmt: str, *, model: str | Non
         raise InteropError(f"{source} does not exist")
     if fmt == "npy" and not model:
         raise InteropError("an .npy matrix records no model; pass --model SPEC (the model it was trained on)")
-    identity = _config_identity(model) if model else None
+    identity = config_identity(model) if model else None
     if fmt == "bias":
         rows, metadata = import_bias(source)
     elif fmt == "npy":
@@ -196,7 +196,6 @@ def export_bias(vectors: SteeringVectors, out: Path, *, model: str | None = None
     authors' bf16 checkpoints, ``dtype`` rounds the biases.
     """
     from rlsteer.architectures import architecture_of
-    from rlsteer.models import load_model
 
     spec = model or vectors.metadata.get("model")
     if not spec:
@@ -229,7 +228,10 @@ def import_bias(folder: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise InteropError(f"{folder} is not a model folder (no config.json)")
-    rows = read_checkpoint_biases(folder)
+    try:
+        rows = read_checkpoint_biases(folder)
+    except BiasCheckpointError as err:
+        raise InteropError(str(err)) from None
     if not rows:
         raise InteropError(f"{folder} has no model.layers.*.mlp.down_proj.bias tensors: not a bias checkpoint")
     config = json.loads(config_file.read_text())
@@ -242,74 +244,6 @@ def import_bias(folder: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", str(config.get("_name_or_path") or "")):
             metadata["model"] = str(config["_name_or_path"])
     return _nonzero(rows), metadata
-
-
-def read_checkpoint_biases(folder: str | os.PathLike[str]) -> dict[int, torch.Tensor]:
-    """layer → ``model.layers.{layer}.mlp.down_proj.bias`` [d_model] fp32 in a folder's safetensors (never pickle)."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({f for k, f in json.loads(index.read_text())["weight_map"].items() if _BIAS_KEY.match(k)})
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise InteropError(f"{folder} has no model.safetensors (or its index); rlsteer reads biases only from "
-                           "safetensors, never from pickled .bin files: re-save the model with save_pretrained")
-    rows = {}
-    for name in files:
-        with safe_open(str(folder / name), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                if match := _BIAS_KEY.match(key):
-                    rows[int(match.group(1))] = f.get_tensor(key).to(torch.float32)
-    return dict(sorted(rows.items()))
-
-
-def load_pretrained(folder: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(folder, **kwargs)`` that keeps a bias checkpoint's steering.
-
-    transformers' model classes have no ``down_proj`` bias: they drop such keys and print a load report
-    calling them unused. Here the biases become frozen ``down_proj`` biases, and the report is shown only
-    when something else was wrong.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from rlsteer.architectures import architecture_of
-
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    held = _HoldLoadReport()
-    hf_logger.addFilter(held)
-    try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
-    finally:
-        hf_logger.removeFilter(held)
-    model, info = loaded
-    unexpected = set(info["unexpected_keys"])
-    biases = {k for k in unexpected if _BIAS_KEY.match(k)}
-    if biases:
-        arch = architecture_of(model)
-        for layer, value in read_checkpoint_biases(folder).items():
-            down = arch.down_proj(layer)
-            down.bias = nn.Parameter(value.to(down.weight.device, down.weight.dtype), requires_grad=False)
-    if not biases or unexpected - biases or info["missing_keys"] or info["mismatched_keys"]:
-        for record in held.records:
-            hf_logger.handle(record)
-    return model
-
-
-class _HoldLoadReport(logging.Filter):
-    """Keeps transformers' load report back so that it can be shown or dropped after the load."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "LOAD REPORT" in str(record.msg):
-            self.records.append(record)
-            return False
-        return True
 
 
 # -------------------------------------------------------------------------------------------- npy matrix
@@ -333,7 +267,7 @@ def import_npy(path: Path, *, n_layers: int | None = None) -> tuple[dict[int, to
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise InteropError(f"{path} is not a numeric .npy matrix ({_one_line(err)}); rlsteer never unpickles "
+        raise InteropError(f"{path} is not a numeric .npy matrix ({first_line(err)}); rlsteer never unpickles "
                            "object arrays") from None
     if not isinstance(matrix, np.ndarray) or matrix.ndim != 2 or matrix.dtype.kind != "f":
         raise InteropError(f"{path} holds {getattr(matrix, 'shape', '?')} {getattr(matrix, 'dtype', '')}; expected "
@@ -382,7 +316,7 @@ def import_gguf(path: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
     try:
         reader = gguf.GGUFReader(path)
     except Exception as err:  # gguf raises several types for bad or truncated files
-        raise InteropError(f"{path} is not a readable GGUF file ({_one_line(err)})") from None
+        raise InteropError(f"{path} is not a readable GGUF file ({first_line(err)})") from None
     arch = _gguf_string(reader, "general.architecture")
     if arch != _GGUF_ARCH:
         raise InteropError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({_GGUF_ARCH!r})")
@@ -433,21 +367,6 @@ def export_lm_eval(vectors: SteeringVectors, out: Path) -> Path:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _config_identity(spec: str) -> dict[str, str]:
-    """What a vector file records about model ``spec``, read from its config (no weights are loaded)."""
-    from transformers import AutoConfig
-
-    from rlsteer.architectures import family_for
-    from rlsteer.models import model_folder
-
-    config = AutoConfig.from_pretrained(model_folder(spec))
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(config.num_attention_heads)
-    return {"model": spec, "architecture": family_for(config.model_type).name, "d_model": str(config.hidden_size),
-            "n_layers": str(config.num_hidden_layers), "n_heads": str(heads),
-            "n_kv_heads": str(getattr(config, "num_key_value_heads", None) or heads)}
-
-
 def _check_fits(d_model: int, places: Mapping[tuple[str, int], torch.Tensor], identity: Mapping[str, str]) -> None:
     if d_model != int(identity["d_model"]):
         raise InteropError(f"these vectors have width {d_model} but {identity['model']} has "
@@ -457,7 +376,3 @@ def _check_fits(d_model: int, places: Mapping[tuple[str, int], torch.Tensor], id
             raise InteropError(f"a vector lands on block {layer} but {identity['model']} has {identity['n_layers']} "
                                "layers")
 
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -24,7 +24,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rlsteer.errors import writing
@@ -54,31 +54,52 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_folder(target: str | os.PathLike[str], *, keep_existing: bool = False) -> Iterator[Path]:
     """A fresh folder beside ``target`` for the block to fill; when the block succeeds it takes ``target``'s
-    place (an existing ``target`` is moved aside first, then deleted), when it fails it is removed."""
+    place (an existing ``target`` is moved aside first, then deleted), when it fails it is removed.
+
+    With ``keep_existing`` (caches that several processes may fill at once, and that take long to fill) a
+    ``target`` that exists when the block ends stays and the staged copy is dropped: the first writer wins.
+    A signal then interrupts the filling at once (the staged folder is removed); only the rename waits.
+    """
     target = Path(target)
     tag = uuid.uuid4().hex[:8]
     staging, old = target.with_name(f".{target.name}.{tag}.tmp"), target.with_name(f".{target.name}.{tag}.old")
-    with writing(target), held():
+    with writing(target), nullcontext() if keep_existing else held():
         staging.mkdir(parents=True)
         try:
             yield staging
-            for file in staging.rglob("*"):
-                if file.is_file():
-                    _fsync(file)
-            moved = target.exists()
-            if moved:
-                os.replace(target, old)
-            try:
-                os.replace(staging, target)
-            except BaseException:
-                if moved:  # put the old folder back rather than lose it
-                    os.replace(old, target)
-                raise
+            with held():
+                for file in staging.rglob("*"):
+                    if file.is_file():
+                        _fsync(file)
+                if keep_existing:
+                    _rename_unless_present(staging, target)
+                else:
+                    _replace_folder(staging, target, old)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_unless_present(staging: Path, target: Path) -> None:
+    try:
+        os.rename(staging, target)
+    except OSError:  # another writer finished first: keep theirs
+        if not target.exists():
+            raise
+
+
+def _replace_folder(staging: Path, target: Path, old: Path) -> None:
+    moved = target.exists()
+    if moved:
+        os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if moved:  # put the old folder back rather than lose it
+            os.replace(old, target)
+        raise
 
 
 def remove_leftovers(folder: str | os.PathLike[str]) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, first_line
+from rlsteer.hub import looks_like_hub_id
+from rlsteer.io import staged_folder
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,7 +107,7 @@ def load_model(
                 raise ModelLoadError(f"{text!r} is not a model folder (no config.json in it); pass a folder "
                                      "written by save_pretrained, a .gguf file, or a hub id")
             model, tok = _from_folder(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        elif _looks_like_hub_id(text):
+        elif looks_like_hub_id(text):
             model, tok = _from_hub(text, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
         else:
             raise unknown_model(text)
@@ -158,7 +159,7 @@ def model_folder(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, seed: int = 0)
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{text!r} is not a model folder (no config.json in it)")
         return str(path)
-    if _looks_like_hub_id(text):
+    if looks_like_hub_id(text):
         return text
     raise unknown_model(text)
 
@@ -180,22 +181,14 @@ def _tiny_seed(text: str, seed: int) -> tuple[str, int]:
 
 
 def _save_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Run ``write(staging)`` and rename the staging folder to ``target``; a concurrent writer may win."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
-    try:
+    """Run ``write(staging)`` and put the staged folder at ``target``; a concurrent writer that finishes first
+    wins (the folders are caches of the same content)."""
+    if target.exists() and not (target / "config.json").is_file():
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete folder left by an older version
+    with staged_folder(target, keep_existing=True) as staging:
         write(staging)
         if not (staging / "config.json").is_file():  # e.g. save_pretrained skips non-zero torch.distributed ranks
             raise ModelLoadError(f"saving {target.name} wrote no config.json; build it from one process (rank 0)")
-        if target.exists() and not (target / "config.json").is_file():
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder left by an older version
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def aliases() -> list[str]:
@@ -205,20 +198,26 @@ def aliases() -> list[str]:
 
 def model_identity(model: nn.Module) -> dict[str, str]:
     """What a vector file or a run records about the model it was made for."""
-    from rlsteer.architectures import architecture_of
+    config: Any = model.config
+    name = getattr(config, "rlsteer_source", None) or getattr(config, "_name_or_path", "")
+    revision = getattr(config, "rlsteer_revision", None) or getattr(config, "_commit_hash", "") or ""
+    return identity(str(name), str(revision), config)
 
-    arch = architecture_of(model)
-    config = model.config
-    return {
-        "model": str(getattr(config, "rlsteer_source", None) or getattr(config, "_name_or_path", "")),
-        "model_revision": str(getattr(config, "rlsteer_revision", None) or getattr(config, "_commit_hash", "")
-                              or ""),
-        "architecture": arch.family.name,
-        "d_model": str(arch.d_model),
-        "n_layers": str(arch.n_layers),
-        "n_heads": str(arch.n_heads),
-        "n_kv_heads": str(arch.n_kv_heads),
-    }
+
+def config_identity(spec: str) -> dict[str, str]:
+    """The same record for model ``spec``, read from its config alone (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    return identity(spec, "", AutoConfig.from_pretrained(model_folder(spec)))
+
+
+def identity(name: str, revision: str, config: Any) -> dict[str, str]:
+    """The identity record of a model called ``name`` at ``revision`` with this transformers ``config``."""
+    from rlsteer.architectures import shape_of
+
+    shape = shape_of(config)
+    return {"model": name, "model_revision": revision, "architecture": shape["family"].name,
+            **{key: str(shape[key]) for key in ("d_model", "n_layers", "n_heads", "n_kv_heads")}}
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -231,15 +230,11 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return names[dtype]
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
 
 def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     from transformers import AutoTokenizer
 
-    from rlsteer.interop import load_pretrained  # keeps a bias checkpoint's down_proj biases (its steering)
+    from rlsteer.bias_checkpoint import load_pretrained  # keeps a bias checkpoint's down_proj biases (its steering)
 
     # weights from safetensors only (never a pickled .bin), and never a hub request for a local folder
     local: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": True}
@@ -249,7 +244,7 @@ def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -
     except (OSError, ValueError) as err:
         hint = "" if any(Path(folder).glob("*.safetensors")) else (
             " (rlsteer reads safetensors weights only; re-save pickled .bin weights with save_pretrained)")
-        raise ModelLoadError(f"cannot load the model in {folder}: {_first_line(err)}{hint}") from err
+        raise ModelLoadError(f"cannot load the model in {folder}: {first_line(err)}{hint}") from err
     return model, tok
 
 
@@ -263,16 +258,12 @@ def _from_hub(repo: str, *, dtype: torch.dtype, revision: str | None,
                                                      trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ModelLoadError(
-            f"cannot load {repo!r} from the hub: {_first_line(err)} (check the id and your network, or use a "
+            f"cannot load {repo!r} from the hub: {first_line(err)} (check the id and your network, or use a "
             "local folder; set HF_HUB_OFFLINE=1 to use the local HF cache only; rlsteer loads safetensors "
             "weights only)"
         ) from err
     return model, tok
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------- GGUF → cache
@@ -303,7 +294,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                       local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"cannot read GGUF file {gguf}: {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot read GGUF file {gguf}: {first_line(err)}") from err
     rebuilt = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     missing, unexpected = rebuilt.load_state_dict(loaded.state_dict(), strict=False)
     # Tied lm_head weights are absent from the state dict of tied models; anything else is an error.
@@ -327,18 +318,9 @@ def smollm2_tokenizer() -> Any:
     gguf = smollm2_gguf_path()
     folder = cache_dir() / "tokenizers" / "smollm2-135m-instruct"
     if not (folder / "tokenizer_config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=folder.parent))
-        try:
+        with staged_folder(folder, keep_existing=True) as staging:
             AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                           local_files_only=True).save_pretrained(staging)
-            try:
-                staging.rename(folder)
-            except OSError:
-                if not (folder / "tokenizer_config.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 

@@ -42,6 +42,7 @@ from multiprocessing.connection import wait
 from typing import Any, Literal
 
 from rlsteer.errors import RlsteerError
+from rlsteer.templates import DEFAULT_TEMPLATE
 
 Status = Literal["correct", "wrong", "no_answer", "parse_error", "timeout"]
 Extraction = Literal["boxed", "number", "any"]
@@ -93,8 +94,18 @@ def last_number(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-def extract_answer(completion: str, template: str = "qwen-math") -> str | None:
-    """The final answer a completion commits to under ``template`` (r1: answer tag; else last box)."""
+def extract_answer(completion: str, template: str = DEFAULT_TEMPLATE, extraction: Extraction = "boxed") -> str | None:
+    """The final answer a completion commits to: with ``extraction`` ``number`` its last number, else the last
+    answer tag (r1 template) or the last box (``any`` verifies the whole completion, where Math-Verify too
+    prefers a boxed answer; this is what it logs).
+
+    Example:
+        >>> text = "so \\boxed{4}, i.e. 5"
+        >>> extract_answer(text, "qwen-math"), extract_answer(text, extraction="number")
+        ('4', '5')
+    """
+    if extraction == "number":
+        return last_number(completion)
     return last_answer_tag(completion) if template == "r1" else last_boxed(completion)
 
 
@@ -112,7 +123,7 @@ def normalise_gold(answer: str) -> str:
     return answer
 
 
-def _math_verify() -> Any:
+def math_verify_module() -> Any:
     """Import math_verify with its "timeout disabled" warnings silenced: RewardPool enforces the deadline."""
     import math_verify
 
@@ -123,7 +134,7 @@ def _math_verify() -> Any:
 
 def gold_warnings(answer: str) -> list[str]:
     """Known ways a gold answer makes verification unreliable (empty list if none)."""
-    parse = _math_verify().parse
+    parse = math_verify_module().parse
 
     parsed = parse("\\boxed{" + normalise_gold(answer) + "}", parsing_timeout=None)
     if not parsed:
@@ -146,20 +157,19 @@ class Task:
 
     completion: str
     gold: str
-    template: str = "qwen-math"
+    template: str = DEFAULT_TEMPLATE
     extraction: Extraction = "boxed"
 
 
 def verify_task(task: Task) -> Status:
     """Check one answer in this process (no timeout of its own)."""
-    mv = _math_verify()
+    mv = math_verify_module()
     parse, verify = mv.parse, mv.verify
 
     if task.extraction == "any":
         prediction_text = task.completion
     else:
-        answer = (last_number(task.completion) if task.extraction == "number"
-                  else extract_answer(task.completion, task.template))
+        answer = extract_answer(task.completion, task.template, task.extraction)
         if answer is None:
             return "no_answer"
         prediction_text = "\\boxed{" + normalise_gold(answer) + "}"
@@ -182,7 +192,7 @@ def to_reward(status: Status, values: Literal["pm1", "zero_one"] = "pm1") -> flo
     return 0.0 if values == "zero_one" else -1.0
 
 
-def math_reward(completion: str, gold: str, template: str = "qwen-math", *, extraction: Extraction = "boxed",
+def math_reward(completion: str, gold: str, template: str = DEFAULT_TEMPLATE, *, extraction: Extraction = "boxed",
                 values: Literal["pm1", "zero_one"] = "pm1") -> float:
     """The reward of one completion, verified in this process (use :class:`RewardPool` for batches)."""
     return to_reward(verify_task(Task(completion, gold, template, extraction)), values)
@@ -249,14 +259,14 @@ class RewardPool:
             _stop(proc)
         self._procs = []
 
-    def score(self, completions: Sequence[str], golds: Sequence[str], template: str = "qwen-math",
+    def score(self, completions: Sequence[str], golds: Sequence[str], template: str = DEFAULT_TEMPLATE,
               extraction: Extraction = "boxed") -> RewardBatch:
         """Rewards for ``completions`` against ``golds`` (same length), in order."""
         if len(completions) != len(golds):
             raise RewardError(f"{len(completions)} completions but {len(golds)} gold answers")
         tasks = [Task(c, g, template, extraction) for c, g in zip(completions, golds, strict=True)]
         if self.workers == 0:
-            fn = _resolve(self.verify)
+            fn = resolve_function(self.verify)
             statuses: list[Status] = [fn(t) for t in tasks]
         else:
             statuses = self._run(tasks)
@@ -337,7 +347,7 @@ def _stop(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
                 stream.close()
 
 
-def _resolve(path: str) -> Callable[[Task], Status]:
+def resolve_function(path: str) -> Callable[[Task], Status]:
     module, _, name = path.partition(":")
     fn: Callable[[Task], Status] = getattr(importlib.import_module(module), name)
     return fn

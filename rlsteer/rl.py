@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rlsteer.batching import left_pad, new_cache, positions
 from rlsteer.errors import RlsteerError
 
 Baseline = Literal["loo", "mean", "group_std"]
@@ -104,26 +105,14 @@ def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tupl
     return out
 
 
-def _left_padded(rows: list[tuple[int, ...]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids and attention mask [R, width] with each row right-aligned."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=device)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def _flat_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],
                  pad_id: int) -> list[torch.Tensor]:
     """Per sequence the logits [n, vocab] that predict its n completion tokens: one pass over prompt + completion."""
     device = next(model.parameters()).device
-    ids, mask = _left_padded([p + c for p, c in sequences], pad_id, device)  # [S, width]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask = left_pad([p + c for p, c in sequences], pad_id, device)  # [S, width]
     longest = max(len(c) for _, c in sequences)
     # Logits only where completions are predicted: the last `longest + 1` positions (left padding).
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
                    logits_to_keep=longest + 1).logits  # [S, longest + 1, vocab]
     # position t predicts token t+1: the completion's n tokens are predicted by the n positions before them
     return [logits[i, longest - len(c):longest] for i, (_, c) in enumerate(sequences)]
@@ -132,15 +121,13 @@ def _flat_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[
 def _shared_prompt_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],
                           prompts: list[tuple[int, ...]], pad_id: int) -> list[torch.Tensor]:
     """As :func:`_flat_logits`, with each distinct prompt run once and its KV cache shared by its completions."""
-    from rlsteer.rollout.hf import _new_cache
-
     device = next(model.parameters()).device
     index = {p: g for g, p in enumerate(prompts)}
     rows = torch.tensor([index[p] for p, _ in sequences], device=device)  # [S]: the prompt of each sequence
-    prompt_ids, prompt_mask = _left_padded(prompts, pad_id, device)  # [G, P]
-    cache = _new_cache(model)
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)  # [G, P]
+    cache = new_cache(model)
     first = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                  position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True,
+                  position_ids=positions(prompt_mask), past_key_values=cache, use_cache=True,
                   logits_to_keep=1).logits[:, -1]  # [G, vocab]: predicts each completion's first token
     inputs = [c[:-1] for _, c in sequences]  # a completion's last token is only a target
     width = max(len(x) for x in inputs)
@@ -153,9 +140,9 @@ def _shared_prompt_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...
         ids[i, :len(x)] = torch.tensor(x, dtype=torch.long, device=device)
         completion_mask[i, :len(x)] = 1
     starts = torch.tensor([len(p) for p, _ in sequences], device=device)
-    positions = starts[:, None] + torch.arange(width, device=device)  # [S, T]
+    completion_positions = starts[:, None] + torch.arange(width, device=device)  # [S, T]
     logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask[rows], completion_mask], dim=1),
-                   position_ids=positions, past_key_values=cache, use_cache=True).logits  # [S, T, vocab]
+                   position_ids=completion_positions, past_key_values=cache, use_cache=True).logits  # [S, T, vocab]
     return [torch.cat([first[rows[i]][None], logits[i, :len(c) - 1]]) if c else first[:0]
             for i, (_, c) in enumerate(sequences)]
 

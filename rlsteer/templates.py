@@ -33,6 +33,7 @@ from typing import Any
 from rlsteer.errors import RlsteerError
 
 TEMPLATES = ("qwen-math", "r1", "chat", "plain")
+DEFAULT_TEMPLATE = "qwen-math"  # the paper's template for Qwen2.5-Math, and every default in rlsteer
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN_MATH_FALLBACK = ("A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -71,7 +72,7 @@ class Prompt:
     prefix: str | None = None
 
 
-def render(tokenizer: Any, problem: str, template: str = "qwen-math") -> tuple[str, bool]:
+def render(tokenizer: Any, problem: str, template: str = DEFAULT_TEMPLATE) -> tuple[str, bool]:
     """The prompt text before any prefix, and whether it came from the chat template."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == "qwen-math":
@@ -90,7 +91,7 @@ def render(tokenizer: Any, problem: str, template: str = "qwen-math") -> tuple[s
     raise TemplateError(f"unknown template {template!r}; templates: {', '.join(TEMPLATES)}")
 
 
-def build_prompt(tokenizer: Any, problem: str, template: str = "qwen-math", prefix: str | None = None) -> Prompt:
+def build_prompt(tokenizer: Any, problem: str, template: str = DEFAULT_TEMPLATE, prefix: str | None = None) -> Prompt:
     """Render and tokenise ``problem`` with ``template``, appending ``prefix`` after the generation prompt."""
     text, from_chat = render(tokenizer, problem, template)
     ids = list(tokenizer.encode(text, add_special_tokens=False))

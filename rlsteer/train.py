@@ -54,10 +54,12 @@ from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import remove_leftovers, write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity
-from rlsteer.rewards import RewardBatch, RewardPool, Status
+from rlsteer.rewards import RewardBatch
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
-from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
+from rlsteer.rollout import Backend, Request, SamplingParams
+from rlsteer.rollout.factory import make_backend
 from rlsteer.rundir import RunDir
+from rlsteer.scorers import Scorer, make_scorer
 from rlsteer.steering.hooks import steer
 from rlsteer.steering.sites import HEAD_SITES, Entry, head_limit
 from rlsteer.steering.vectors import SteeringVectors
@@ -114,10 +116,9 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
         log(f"resuming {run.path} from {ckpt.name}")
     if resume and world.is_main:  # drops the steps after the checkpoint (all of them when there is none)
         truncate_metrics(run.metrics, start)
-    backend = make_backend(cfg, model, tok, world)
-    sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                              max_new_tokens=cfg.rollout.max_new_tokens,
-                              max_total_tokens=cfg.rollout.max_total_tokens)
+    backend = make_backend(cfg.model, cfg.rollout, model, tok, seed=cfg.rl.seed,
+                           max_model_len=cfg.rollout.max_total_tokens, share_prompts=cfg.rl.share_prompts, world=world)
+    sampling = cfg.rollout.sampling()
     tracker = make_tracker(cfg.run.logger if world.is_main else "none", run.path, to_dict(cfg))
     scorer = make_scorer(cfg, model, tok, prompts)
     ranks = f" on {world.size} ranks" if world.enabled else ""
@@ -151,9 +152,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     finally:
         tracker.close()
         scorer.close()
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+        backend.close()
     return run.path
 
 
@@ -162,8 +161,8 @@ def _silent(_: str) -> None:
 
 
 def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], model: nn.Module, tok: Any,
-            vectors: SteeringVectors, optimizer: torch.optim.Optimizer, backend: Any, sampling: SamplingParams,
-            scorer: Any, cfg: TrainConfig, world: World = SINGLE) -> dict[str, Any]:
+            vectors: SteeringVectors, optimizer: torch.optim.Optimizer, backend: Backend, sampling: SamplingParams,
+            scorer: Scorer, cfg: TrainConfig, world: World = SINGLE) -> dict[str, Any]:
     """One RLOO round over the step's prompts: sample, score, one optimizer step. Returns the step's metrics.
 
     With several ranks, this rank takes its slice of the prompt groups; seeds follow the prompt's place in
@@ -316,71 +315,6 @@ def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, A
         lr = lrs.get(entry.layer, cfg.optim.lr)
         groups.append({"params": [vectors.parameter(entry)], "lr": lr, "base_lr": lr})
     return groups
-
-
-def make_backend(cfg: TrainConfig, model: nn.Module, tok: Any, world: World = SINGLE) -> Any:
-    """The rollout engine, created once per run: transformers (the reference) or vLLM (extra ``vllm``)."""
-    if cfg.rollout.backend == "vllm":
-        from rlsteer.rollout.vllm import VLLMBackend
-
-        return VLLMBackend.from_config(cfg, tok, world=world)
-    return HFBackend(model, tok, batch_size=cfg.rollout.batch_size, progress=None, share_prompts=cfg.rl.share_prompts)
-
-
-class MathScorer:
-    """Math-Verify rewards through a reusable :class:`RewardPool`."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-        self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values=cfg.reward.values)
-
-    def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
-        return self.pool.score([r.text for r in rollouts], [p.answer for p in problems], self.cfg.data.template,
-                               self.cfg.reward.extraction)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-class FirstTokenScorer:
-    """+1 when the first generated token is the target (the smoke-test task), else −1 (or 0)."""
-
-    def __init__(self, target_id: int, values: str) -> None:
-        self.target_id, self.values = target_id, values
-
-    def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
-        hit = [bool(r.token_ids) and r.token_ids[0] == self.target_id for r in rollouts]
-        statuses: tuple[Status, ...] = tuple("correct" if h else "wrong" for h in hit)
-        miss = 0.0 if self.values == "zero_one" else -1.0
-        return RewardBatch(tuple(1.0 if h else miss for h in hit), statuses)
-
-    def close(self) -> None:
-        pass
-
-
-def make_scorer(cfg: TrainConfig, model: nn.Module, tok: Any, prompts: Sequence[Prompt]) -> Any:
-    if cfg.reward.kind == "math":
-        return MathScorer(cfg)
-    target = cfg.reward.target
-    if target is None:
-        raise TrainingError("reward.kind=first_token needs reward.target (a token, or auto)")
-    if target == "auto":
-        target_id = auto_target(model, prompts[: cfg.rl.prompts_per_step], cfg.rollout.temperature)
-    else:
-        ids = tok.encode(target, add_special_tokens=False)
-        if len(ids) != 1:
-            raise TrainingError(f"reward.target {target!r} is {len(ids)} tokens; give a single token")
-        target_id = ids[0]
-    return FirstTokenScorer(target_id, cfg.reward.values)
-
-
-@torch.no_grad()
-def auto_target(model: nn.Module, prompts: Sequence[Prompt], temperature: float) -> int:
-    """The base model's second most likely first token, averaged over ``prompts``."""
-    scale = 1.0 / temperature if temperature > 0 else 1.0
-    probs = torch.stack([(model(torch.tensor([p.ids], device=next(model.parameters()).device)).logits[0, -1]
-                          .float() * scale).softmax(-1) for p in prompts]).mean(0)
-    return int(probs.topk(2).indices[1])
 
 
 # ------------------------------------------------------------------------------------------- run files

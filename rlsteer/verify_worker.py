@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import sys
 
-from rlsteer.rewards import Task, _math_verify, _resolve
+from rlsteer.rewards import Task, math_verify_module, resolve_function
 
 
 def main(verify: str) -> None:
-    fn = _resolve(verify)
-    _math_verify()
+    fn = resolve_function(verify)
+    math_verify_module()
     out = sys.stdout.buffer
     out.write(b'{"ready": true}\n')
     out.flush()

@@ -9,7 +9,7 @@ import torch
 
 from rlsteer.analysis.patching import VARIANTS, patch_plan
 from rlsteer.cli import main
-from rlsteer.evaluate import read_samples
+from rlsteer.samples import read_samples
 from rlsteer.steering import SteeringVectors
 from tests.test_evaluate import toy_benchmark
 
@@ -34,7 +34,7 @@ def test_cli_sweeps_a_tiny_model_and_draws_the_panels(tmp_path, capsys):
     out = tmp_path / "patching"
     assert main(["analyze", "patching", str(path), "--benchmarks", str(toy_benchmark(tmp_path / "toy.jsonl", 2)),
                  "--seeds", "0", "--out", str(out), "protocol.max_new_tokens=3", "protocol.temperature=0",
-                 "engine.reward_workers=0"]) == 0
+                 "reward.workers=0"]) == 0
     rows = [json.loads(line) for line in (out / "patching.jsonl").read_text().splitlines()]
     assert len(rows) == 4 + 3 * 4 + 2 * 2  # tiny llama: 4 query heads, 2 KV heads
     assert (out / "patching.png").read_bytes()[:4] == b"\x89PNG" and (out / "patching.pdf").is_file()

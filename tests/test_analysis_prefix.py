@@ -10,7 +10,7 @@ import torch
 from rlsteer.analysis.prefix import prefix_configs
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, load_config
-from rlsteer.evaluate import read_samples
+from rlsteer.samples import read_samples
 from rlsteer.steering import SteeringVectors
 from tests.test_evaluate import toy_benchmark
 
@@ -40,7 +40,7 @@ def test_cli_runs_six_evaluations_and_draws_the_bars(tmp_path, capsys):
     bench = toy_benchmark(tmp_path / "toy.jsonl")
     out = tmp_path / "prefix"
     assert main(["analyze", "prefix", str(path), "--benchmarks", str(bench), "--seeds", "0", "--out", str(out),
-                 "protocol.max_new_tokens=4", "engine.reward_workers=0"]) == 0
+                 "protocol.max_new_tokens=4", "reward.workers=0"]) == 0
     rows = [json.loads(line) for line in (out / "prefix.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {r["condition"] for r in rows} == {"base", "base + To", "steered"}
     assert (out / "prefix.png").read_bytes()[:4] == b"\x89PNG" and (out / "prefix.pdf").is_file()

@@ -10,12 +10,12 @@ import torch
 from rlsteer.analysis.sweep import layer_configs, orthogonal_configs
 from rlsteer.cli import main
 from rlsteer.config import TrainConfig, load_config
-from rlsteer.evaluate import read_samples
+from rlsteer.samples import read_samples
 from rlsteer.steering import SteeringVectors
 from rlsteer.steering.sites import Entry
 from tests.test_evaluate import toy_benchmark
 
-QUICK = ["rl.steps=6", "run.checkpoint_every=6", "protocol.max_new_tokens=3", "engine.reward_workers=0"]
+QUICK = ["rl.steps=6", "run.checkpoint_every=6", "protocol.max_new_tokens=3", "reward.workers=0"]
 
 
 def test_run_configs():
@@ -74,10 +74,10 @@ def test_scale_zero_is_the_base_model(tmp_path):
     bench = toy_benchmark(tmp_path / "toy.jsonl", 2)
     out = tmp_path / "scale"
     assert main(["analyze", "sweep", "scale", str(path), "--scales", "0,1", "--out", str(out), "--seeds", "0",
-                 "--benchmarks", str(bench), "protocol.max_new_tokens=3", "engine.reward_workers=0"]) == 0
+                 "--benchmarks", str(bench), "protocol.max_new_tokens=3", "reward.workers=0"]) == 0
     assert main(["eval", "--model", "tiny-random-llama", "--template", "qwen-math", "--benchmarks", str(bench),
                  "--seeds", "0", "--out", str(tmp_path / "base"), "protocol.max_new_tokens=3",
-                 "engine.reward_workers=0", "--protocol", "gsm8k"]) == 0
+                 "reward.workers=0", "--protocol", "gsm8k"]) == 0
 
     def completions(folder: Path) -> list[str]:
         return [r["completion"] for r in read_samples(folder / "samples" / "toy.seed0.jsonl")]

@@ -10,7 +10,7 @@ import torch
 
 from rlsteer.analysis.transfer import Party, TransferError, check_compatible, normalised_gain
 from rlsteer.cli import main
-from rlsteer.evaluate import read_samples
+from rlsteer.samples import read_samples
 from rlsteer.steering import SteeringVectors
 from tests.test_evaluate import toy_benchmark
 
@@ -44,7 +44,7 @@ def test_cli_builds_the_matrix_on_two_tiny_models(tmp_path, capsys):
     out = tmp_path / "transfer"
     assert main(["analyze", "transfer", str(llama), str(mistral), "--benchmarks",
                  str(toy_benchmark(tmp_path / "toy.jsonl", 2)), "--seeds", "0", "--out", str(out),
-                 "protocol.max_new_tokens=3", "protocol.temperature=0", "engine.reward_workers=0"]) == 0
+                 "protocol.max_new_tokens=3", "protocol.temperature=0", "reward.workers=0"]) == 0
     rows = [json.loads(line) for line in (out / "transfer.jsonl").read_text().splitlines()]
     assert [(r["recipient"], r["donor"]) for r in rows] == [
         (r, d) for r in ("tiny-random-llama", "tiny-random-mistral")

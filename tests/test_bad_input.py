@@ -1,4 +1,4 @@
-"""Bad input, row by row: one ``rlsteer: error:`` line naming the problem and the fix, exit status 2, and
+"""Bad input: one ``rlsteer: error:`` line naming the problem and the fix, exit status 2, and
 no partial output left behind; the same error from the Python API."""
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from rlsteer.config import ConfigError, EvalConfig, TrainConfig, load_config
 from rlsteer.data import DataError, load_problems
 from rlsteer.distributed import DistributedError, World
 from rlsteer.errors import OutputError, RlsteerError
-from rlsteer.evaluate import read_samples
 from rlsteer.metrics import read_metrics
 from rlsteer.models import ModelLoadError
 from rlsteer.rewards import RewardPool
+from rlsteer.samples import read_samples
 from rlsteer.steering import Entry, SiteError, VectorFileError, patch
 from rlsteer.steering.vectors import read_vector_file
 
 MODEL = "tiny-random-qwen3"
 #: a tiny evaluation: one problem, two new tokens
 EVAL = ["--model", MODEL, "--benchmarks", "synthetic-arithmetic:n=2", "--limit", "1", "protocol.max_new_tokens=2",
-        "engine.reward_workers=0"]
+        "reward.workers=0"]
 #: smaller smoke-run steps (2 prompts × 2 samples)
 SMALL = ["rl.prompts_per_step=2", "rl.samples_per_prompt=2"]
 
@@ -66,10 +66,10 @@ def vector_file(path: Path, d_model: int = 64, entries=None, model: str = MODEL)
     return sv.save(path)
 
 
-# ------------------------------------------------------------------------------------ 1. unknown model
+# ------------------------------------------------------------------------------------ unknown model
 
 
-def test_row01_unknown_model_suggests_the_closest_alias(tmp_path, capsys):
+def test_unknown_model_suggests_the_closest_alias(tmp_path, capsys):
     fix = ("unknown model 'tiny-random-lama': not a built-in alias; did you mean 'tiny-random-llama'? Pass an "
            "alias (`rlsteer models` lists them), a folder written by save_pretrained, a .gguf file, or a hub id "
            "owner/name")
@@ -83,7 +83,7 @@ def test_row01_unknown_model_suggests_the_closest_alias(tmp_path, capsys):
     assert files(tmp_path) == ["v.safetensors"]
 
 
-# ------------------------------------------------------------------------ 2. vectors of another model
+# ------------------------------------------------------------------------ vectors of another model
 
 
 @pytest.mark.parametrize(("d_model", "entries", "message"), [
@@ -94,7 +94,7 @@ def test_row01_unknown_model_suggests_the_closest_alias(tmp_path, capsys):
     (64, [Entry("steer_q", 2, head=6)], "entry steer_q.2.6: head 6 is out of range, the model has 4 query heads "
                                         "(0..3); made for Qwen/Qwen3-8B"),
 ], ids=["width", "depth", "heads"])
-def test_row02_vectors_of_another_model(tmp_path, capsys, d_model, entries, message):
+def test_vectors_of_another_model(tmp_path, capsys, d_model, entries, message):
     path = vector_file(tmp_path / "v.safetensors", d_model, entries, model="Qwen/Qwen3-8B")
     fails(capsys, ["eval", path, *EVAL, "--out", tmp_path / "eval"], message)
     fails(capsys, ["analyze", "lens", path, "--model", MODEL, "--out", tmp_path / "lens"], message)
@@ -105,7 +105,7 @@ def test_row02_vectors_of_another_model(tmp_path, capsys, d_model, entries, mess
     assert files(tmp_path) == ["v.safetensors"]
 
 
-# ----------------------------------------------------------------------- 3. layer or head out of range
+# ----------------------------------------------------------------------- layer or head out of range
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -124,7 +124,7 @@ def test_row02_vectors_of_another_model(tmp_path, capsys, d_model, entries, mess
      "target.patch: the vector feeds block 4, which the model does not have (4 layers, 0..3); patch a vector of "
      "an earlier layer (--layer)"),
 ], ids=["train-layer", "train-head", "train-no-head", "eval-patch-layer", "eval-patch-head", "eval-last-block"])
-def test_row03_layer_or_head_out_of_range(tmp_path, capsys, argv, message):
+def test_layer_or_head_out_of_range(tmp_path, capsys, argv, message):
     inputs = tmp_path / "inputs"
     swap = {"VECTORS": vector_file(inputs / "v.safetensors"),
             "LAST": vector_file(inputs / "last.safetensors", entries=[Entry("resid_post", 3)])}
@@ -133,7 +133,7 @@ def test_row03_layer_or_head_out_of_range(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_row03_api_layer_and_head_checks():
+def test_api_layer_and_head_checks():
     model, _ = load_model(MODEL)
     with pytest.raises(SiteError, match=r"patch layer 99 is out of range: the model has 4 layers \(0\.\.3\)"):
         patch(model, torch.zeros(64), layer=99, variant="steer_v", heads=1)
@@ -143,7 +143,7 @@ def test_row03_api_layer_and_head_checks():
         SteeringVectors(64, layers=[99]).validate(model)
 
 
-# ------------------------------------------------------------------- 4. truncated or corrupted files
+# ------------------------------------------------------------------- truncated or corrupted files
 
 
 def _truncated(data: bytes) -> bytes:
@@ -160,7 +160,7 @@ def _wrong_shape(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("damage", [_truncated, _header_byte, _wrong_shape], ids=["truncated", "flipped", "header"])
-def test_row04_truncated_or_corrupted_vector_file(tmp_path, capsys, damage):
+def test_truncated_or_corrupted_vector_file(tmp_path, capsys, damage):
     path = tmp_path / "v.safetensors"
     path.write_bytes(damage(vector_file(tmp_path / "good.safetensors").read_bytes()))
     message = (f"{path} is not a readable safetensors vector file (")
@@ -172,7 +172,7 @@ def test_row04_truncated_or_corrupted_vector_file(tmp_path, capsys, damage):
     assert files(tmp_path) == ["good.safetensors", "v.safetensors"]
 
 
-# ---------------------------------------------------------------------------- 5. pickles as vectors
+# ---------------------------------------------------------------------------- pickles as vectors
 
 
 @pytest.mark.parametrize(("write", "kind"), [
@@ -180,7 +180,7 @@ def test_row04_truncated_or_corrupted_vector_file(tmp_path, capsys, damage):
     (lambda p: p.write_bytes(pickle.dumps({"resid_post.2": [0.0] * 64}, protocol=4)), "a Python pickle (torch.save)"),
     (lambda p: p.write_bytes(b"just text, not tensors"), None),
 ], ids=["torch.save", "pickle", "text"])
-def test_row05_pickles_are_never_unpickled(tmp_path, capsys, no_unpickling, write, kind):
+def test_pickles_are_never_unpickled(tmp_path, capsys, no_unpickling, write, kind):
     path = tmp_path / "v.safetensors"
     write(path)
     message = (f"{path} is {kind}, not a safetensors vector file; rlsteer never unpickles files: convert it with "
@@ -195,10 +195,10 @@ def test_row05_pickles_are_never_unpickled(tmp_path, capsys, no_unpickling, writ
     assert files(tmp_path) == ["v.safetensors"]
 
 
-# ------------------------------------------------------------------------------------- 6. bad datasets
+# ------------------------------------------------------------------------------------- bad datasets
 
 
-def test_row06_rows_without_problem_or_answer_and_empty_datasets(tmp_path, capsys):
+def test_rows_without_problem_or_answer_and_empty_datasets(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     bad = data / "bad.jsonl"
@@ -228,17 +228,17 @@ def test_row06_rows_without_problem_or_answer_and_empty_datasets(tmp_path, capsy
     assert files(tmp_path) == ["data/bad.jsonl", "data/empty.jsonl"]
 
 
-# --------------------------------------------------------------------------------- 7. a hung verifier
+# --------------------------------------------------------------------------------- a hung verifier
 
 
-def test_row07_a_hung_verifier_times_out_and_the_run_continues(tmp_path, capsys, monkeypatch):
+def test_a_hung_verifier_times_out_and_the_run_continues(tmp_path, capsys, monkeypatch):
     data = tmp_path / "hang.jsonl"
     data.write_text('{"problem": "What is 1 + 1?", "answer": "HANG"}\n{"problem": "What is 2 + 2?", "answer": "4"}\n')
     monkeypatch.setattr(evaluate_module, "RewardPool",
                         functools.partial(RewardPool, verify="tests.slow_verifier:verify_or_hang"))
     out = tmp_path / "eval"
     code = main(["eval", "--model", MODEL, "--benchmarks", str(data), "protocol.max_new_tokens=2",
-                 "engine.reward_workers=1", "engine.reward_timeout_s=0.5", "--out", str(out)])
+                 "reward.workers=1", "reward.timeout_s=0.5", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     samples = read_samples(out / "samples" / "hang.seed0.jsonl")
     assert sorted(s["status"] == "timeout" for s in samples) == [False, True]
@@ -246,13 +246,13 @@ def test_row07_a_hung_verifier_times_out_and_the_run_continues(tmp_path, capsys,
     assert json.loads((out / "results.json").read_text())["benchmarks"]["hang"]["problems"] == 2
 
 
-# --------------------------------------------------------------------------------- 8. NaN in training
+# --------------------------------------------------------------------------------- NaN in training
 
 
 @pytest.mark.parametrize(("where", "made"), [("loss", "loss, grad_norm, vector resid_post.3"),
                                              ("grads", "grad_norm, vector resid_post.3"),
                                              ("vectors", "vector resid_post.3")])
-def test_row08_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch, where, made):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch, where, made):
     """NaN or inf injected at step 2 of a smoke run: in the loss, in the gradients, or in the updated vectors."""
     state = {"step": 0, "poisoned": 0}
     real = {name: getattr(train_module, name) for name in ("rl_step", "policy_loss", "masked_advantages",
@@ -304,10 +304,10 @@ def test_row08_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, c
     assert temp_names(run) == []
 
 
-# ------------------------------------------------------------------------------- 9. conflicting options
+# ------------------------------------------------------------------------------- conflicting options
 
 
-def test_row09_greedy_with_several_samples(tmp_path, capsys):
+def test_greedy_with_several_samples(tmp_path, capsys):
     message = ("protocol.n asks for several samples (aime24: 4) but protocol.temperature=0 (greedy) gives one "
                "sample per problem; drop protocol.n or set protocol.temperature > 0")
     fails(capsys, ["eval", "--protocol", "paper-greedy", "protocol.n={aime24: 4}", "--dry-run"], message)
@@ -325,7 +325,7 @@ def test_row09_greedy_with_several_samples(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_row09_prefix_that_tokenises_to_nothing(tmp_path, capsys, monkeypatch):
+def test_prefix_that_tokenises_to_nothing(tmp_path, capsys, monkeypatch):
     real_load = evaluate_module.load_model
 
     def load_with_blind_tokenizer(*args, **kwargs):
@@ -345,13 +345,13 @@ def test_row09_prefix_that_tokenises_to_nothing(tmp_path, capsys, monkeypatch):
     assert protocol["config"]["target"]["prefix"] is None
 
 
-def test_row09_prompt_groups_must_split_over_ranks():
+def test_prompt_groups_must_split_over_ranks():
     with pytest.raises(DistributedError, match="7 prompt groups cannot be split evenly over 2 ranks"):
         World(rank=0, size=2).shard(7)
     assert list(World(rank=1, size=2).shard(8)) == [4, 5, 6, 7]
 
 
-# ------------------------------------------------------------------------- 10. unwritable output folders
+# ------------------------------------------------------------------------- unwritable output folders
 
 
 def _failing_replace(monkeypatch, under: Path, error: OSError, name: str | None = None) -> None:
@@ -371,7 +371,7 @@ FULL = OSError(errno.ENOSPC, "No space left on device")
 DENIED = PermissionError(errno.EACCES, "Permission denied")
 
 
-def test_row10_full_disk_when_a_run_starts(tmp_path, capsys, monkeypatch):
+def test_full_disk_when_a_run_starts(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     _failing_replace(monkeypatch, tmp_path, FULL)
     fails(capsys, ["train", "smoke", f"run.dir={run}"],
@@ -379,7 +379,7 @@ def test_row10_full_disk_when_a_run_starts(tmp_path, capsys, monkeypatch):
     assert files(tmp_path) == [] and temp_names(tmp_path) == []
 
 
-def test_row10_full_disk_at_a_checkpoint(tmp_path, capsys, monkeypatch):
+def test_full_disk_at_a_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     _failing_replace(monkeypatch, tmp_path, FULL, name="step-2")
     fails(capsys, ["train", "smoke", f"run.dir={run}", "rl.steps=3", "run.checkpoint_every=1", *SMALL],
@@ -388,7 +388,7 @@ def test_row10_full_disk_at_a_checkpoint(tmp_path, capsys, monkeypatch):
     assert temp_names(tmp_path) == []
 
 
-def test_row10_unwritable_evaluation_folder(tmp_path, capsys, monkeypatch):
+def test_unwritable_evaluation_folder(tmp_path, capsys, monkeypatch):
     out = tmp_path / "eval"
     _failing_replace(monkeypatch, tmp_path, DENIED)
     fails(capsys, ["eval", *EVAL, "--out", out],
@@ -400,7 +400,7 @@ def test_row10_unwritable_evaluation_folder(tmp_path, capsys, monkeypatch):
     assert files(tmp_path) == []
 
 
-def test_row10_any_other_file_system_error_is_one_line(tmp_path, capsys, monkeypatch):
+def test_any_other_file_system_error_is_one_line(tmp_path, capsys, monkeypatch):
     import rlsteer.cli as cli
 
     def broken_disk(args):
@@ -412,7 +412,7 @@ def test_row10_any_other_file_system_error_is_one_line(tmp_path, capsys, monkeyp
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_row10_read_only_folder(tmp_path, capsys):
+def test_read_only_folder(tmp_path, capsys):
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o500)
@@ -424,10 +424,10 @@ def test_row10_read_only_folder(tmp_path, capsys):
         folder.chmod(0o700)
 
 
-# ------------------------------------------------------------------------------- 11. unknown config keys
+# ------------------------------------------------------------------------------- unknown config keys
 
 
-def test_row11_unknown_config_keys_suggest_the_closest(tmp_path, capsys):
+def test_unknown_config_keys_suggest_the_closest(tmp_path, capsys):
     run = tmp_path / "run"
     fails(capsys, ["train", "smoke", f"run.dir={run}", "rl.stepz=3"],
           "unknown config key 'rl.stepz'; did you mean 'rl.steps'?")

@@ -12,19 +12,13 @@ from rlsteer import evaluate as ev
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, load_config
 from rlsteer.errors import RlsteerError
-from rlsteer.evaluate import (
-    EvalError,
-    compare_table,
-    evaluate,
-    patch_from,
-    read_samples,
-    resolve_targets,
-    sample_seed,
-    steering_for,
-    summarize,
-)
+from rlsteer.evaluate import EvalError, evaluate
+from rlsteer.results import ResultsError, compare_table, summarize
+from rlsteer.samples import read_samples, sample_seed
 from rlsteer.steering import SteeringVectors, steer
+from rlsteer.steering.patching import patch_from
 from rlsteer.steering.sites import Entry
+from rlsteer.targets import TargetError, resolve_targets, steering_for
 from rlsteer.templates import build_prompt
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,7 +35,7 @@ def tiny_cfg(tmp_path: Path, *overrides: str) -> EvalConfig:
     bench = toy_benchmark(tmp_path / "toy.jsonl")
     return load_config(EvalConfig, "eval/gsm8k", [
         "model.name=tiny-random-llama", f"protocol.benchmarks=[{bench}]", "protocol.n={toy: 2}",
-        "protocol.max_new_tokens=6", "protocol.seeds=[0, 1]", "engine.reward_workers=0", "engine.chunk=4",
+        "protocol.max_new_tokens=6", "protocol.seeds=[0, 1]", "reward.workers=0", "engine.chunk=4",
         f"out={tmp_path / 'out'}", *overrides])
 
 
@@ -56,7 +50,7 @@ def test_records_resume_and_match_an_uninterrupted_run(tmp_path, monkeypatch):
     whole = evaluate(tiny_cfg(tmp_path / "a"), log=lambda _: None)[0]
 
     cfg = tiny_cfg(tmp_path / "b")
-    real = ev.make_eval_backend
+    real = ev.make_backend
     calls = {"n": 0}
 
     class Interrupting:  # the real HF backend, stopped like a user's Ctrl-C in its second chunk
@@ -69,7 +63,7 @@ def test_records_resume_and_match_an_uninterrupted_run(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             return self.inner.generate(*args)
 
-    monkeypatch.setattr(ev, "make_eval_backend", lambda *a: Interrupting(real(*a)))
+    monkeypatch.setattr(ev, "make_backend", lambda *a: Interrupting(real(*a)))
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg, log=lambda _: None)
     part = read_samples(tmp_path / "b" / "out" / "samples" / "toy.seed0.jsonl")
@@ -77,7 +71,7 @@ def test_records_resume_and_match_an_uninterrupted_run(tmp_path, monkeypatch):
     assert not (tmp_path / "b" / "out" / "samples" / "toy.seed1.jsonl").exists()
     with (tmp_path / "b" / "out" / "samples" / "toy.seed0.jsonl").open("a") as f:
         f.write('{"benchmark": "toy", "cut sho')  # a write cut off by the interruption
-    monkeypatch.setattr(ev, "make_eval_backend", real)
+    monkeypatch.setattr(ev, "make_backend", real)
     resumed = evaluate(cfg, log=lambda _: None)[0]
 
     for seed in (0, 1):
@@ -137,7 +131,7 @@ def test_aggregation_by_hand(tmp_path):
 
     (tmp_path / "samples" / "toy.seed1.jsonl").write_text(json.dumps({"problem_index": 0, "sample": 0,
                                                                       "reward": 1}) + "\n")
-    with pytest.raises(EvalError, match="1 of 4 samples"):
+    with pytest.raises(ResultsError, match="1 of 4 samples"):
         summarize(tmp_path, cfg, problems, {"target": "t"})  # type: ignore[arg-type]
 
 
@@ -171,9 +165,9 @@ def test_run_directories_resolve_to_latest_one_or_every_checkpoint(tmp_path):
     assert one[0].out == run / "eval" / "step-4-prefix-To"
     every = resolve_targets(load_config(EvalConfig, None, [f"target.vectors={run}", "target.step=all"]))
     assert [t.out.name for t in every] == ["step-2", "step-4"]
-    with pytest.raises(EvalError, match=r"no checkpoint step-3; it has steps \[2, 4\]"):
+    with pytest.raises(TargetError, match=r"no checkpoint step-3; it has steps \[2, 4\]"):
         resolve_targets(load_config(EvalConfig, None, [f"target.vectors={run}", "target.step=3"]))
-    with pytest.raises(EvalError, match="neither a vector file nor a run directory"):
+    with pytest.raises(TargetError, match="neither a vector file nor a run directory"):
         resolve_targets(load_config(EvalConfig, None, [f"target.vectors={tmp_path}"]))
 
 
@@ -185,9 +179,9 @@ def test_patches_move_the_layer_vector_into_the_block_it_feeds():
     patch = steering_for(vectors, cfg)
     assert list(patch) == [Entry("steer_v", 6, 1)] and patch[Entry("steer_v", 6, 1)].tolist() == [2.0] * 8
     assert list(patch_from(SteeringVectors(8, layers=[3], site="resid_pre"), "full")) == [Entry("full", 3)]
-    with pytest.raises(EvalError, match="needs a head"):
+    with pytest.raises(TargetError, match="needs a head"):
         steering_for(SteeringVectors(8, layers=[5]), load_config(EvalConfig, None, ["target.patch=steer_v"]))
-    with pytest.raises(EvalError, match=r"layers \[0, 5\]; name one"):
+    with pytest.raises(TargetError, match=r"layers \[0, 5\]; name one"):
         steering_for(SteeringVectors(8, layers=[0, 5]), load_config(EvalConfig, None, ["target.patch=full"]))
 
 

@@ -24,14 +24,16 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import rlsteer.train as train_module
 from rlsteer import evaluate as ev
+from rlsteer import samples
 from rlsteer.cli import main
 from rlsteer.config import EvalConfig, TrainConfig, load_config
-from rlsteer.evaluate import evaluate, read_samples
+from rlsteer.evaluate import evaluate
 from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import replacing, staged_folder, write_atomically
 from rlsteer.metrics import append_metrics, read_metrics
 from rlsteer.rewards import RewardPool
 from rlsteer.rundir import RunDir
+from rlsteer.samples import read_samples
 from rlsteer.steering.vectors import read_vector_file
 from rlsteer.train import train
 
@@ -185,10 +187,10 @@ def test_a_signal_never_cuts_a_samples_line(tmp_path, monkeypatch):
         signal.raise_signal(signal.SIGINT)
         return real_dumps(record, **kwargs)
 
-    monkeypatch.setattr(ev.json, "dumps", dumps)
+    monkeypatch.setattr(samples.json, "dumps", dumps)
     path = tmp_path / "toy.seed0.jsonl"
     with pytest.raises(Interrupted), interruptible():
-        ev._append(path, [{"problem_index": 0, "sample": k, "completion": "x" * 10_000} for k in range(8)])
+        samples.append_samples(path, [{"problem_index": 0, "sample": k, "completion": "x" * 10_000} for k in range(8)])
     monkeypatch.undo()
     assert [r["sample"] for r in read_samples(path)] == list(range(8))
 
@@ -211,12 +213,12 @@ SAVE_MODULES = {"torch", "np", "numpy"}  # torch.save, np.save
 ATOMIC_CONTEXTS = {"replacing", "staged_folder"}
 ALLOWED = {
     ("rlsteer/metrics.py", "append_metrics"): "append-only log; read_metrics skips a torn last line",
-    ("rlsteer/evaluate.py", "_append"): "append-only samples log; read_samples drops a torn last line",
-    ("rlsteer/evaluate.py", "read_samples"): "cuts a torn last line off the samples log",
+    ("rlsteer/samples.py", "append_samples"): "append-only samples log; read_samples drops a torn last line",
+    ("rlsteer/samples.py", "read_samples"): "cuts a torn last line off the samples log",
     ("rlsteer/models.py", "save"): "writes into the staging folder that _save_atomically renames into place",
     ("rlsteer/models.py", "_convert_gguf"): "writes into the staging folder that _save_atomically renames",
     ("rlsteer/models.py", "smollm2_tokenizer"): "writes into a staging folder renamed into place",
-    ("rlsteer/report.py", "_png"): "renders the figure into memory",
+    ("rlsteer/figures.py", "png_bytes"): "renders the figure into memory",
     ("rlsteer/analysis/output.py", "save_figure"): "renders into memory, then write_atomically",
 }
 
@@ -420,13 +422,13 @@ def test_sigterm_during_eval_keeps_whole_samples_and_the_same_command_resumes(tm
     bench.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)})
                              + "\n" for i in range(4)))
     args = ["eval", "--protocol", "gsm8k", "--model", "tiny-random-llama", "--benchmarks", str(bench), "--seeds",
-            "0", "protocol.n={toy: 2}", "protocol.max_new_tokens=4", "engine.reward_workers=0", "engine.chunk=2"]
+            "0", "protocol.n={toy: 2}", "protocol.max_new_tokens=4", "reward.workers=0", "engine.chunk=2"]
     whole = evaluate(load_config(EvalConfig, "eval/gsm8k", [
         "model.name=tiny-random-llama", f"protocol.benchmarks=[{bench}]", "protocol.seeds=[0]", "protocol.n={toy: 2}",
-        "protocol.max_new_tokens=4", "engine.reward_workers=0", "engine.chunk=2", f"out={tmp_path / 'whole'}"]),
+        "protocol.max_new_tokens=4", "reward.workers=0", "engine.chunk=2", f"out={tmp_path / 'whole'}"]),
         log=lambda _: None)[0]
 
-    real = ev.make_eval_backend
+    real = ev.make_backend
     calls = {"n": 0}
 
     class SignalledBackend:  # the real backend; SIGTERM arrives while the third chunk is being sampled
@@ -439,7 +441,7 @@ def test_sigterm_during_eval_keeps_whole_samples_and_the_same_command_resumes(tm
                 signal.raise_signal(signal.SIGTERM)
             return self.inner.generate(*a)
 
-    monkeypatch.setattr(ev, "make_eval_backend", lambda *a: SignalledBackend(real(*a)))
+    monkeypatch.setattr(ev, "make_backend", lambda *a: SignalledBackend(real(*a)))
     out = tmp_path / "cut"
     assert main([*args, f"out={out}"]) == 143
     err = capsys.readouterr().err  # the progress bars, then one line

@@ -8,7 +8,7 @@ from torch import nn
 
 from rlsteer import SteeringVectors, architecture_of, steer
 from rlsteer.steering import Entry, SiteError, patch
-from rlsteer.steering.hooks import hidden_input
+from rlsteer.steering.handles import hidden_input
 
 LAYER = 2
 

@@ -17,7 +17,7 @@ def test_a_trained_evaluated_and_analysed_run(tmp_path, capsys):
 
     run = train(smoke(tmp_path / "run", "rl.steps=3", "run.checkpoint_every=3"), log=lambda _: None)
     assert main(["eval", str(run), "--benchmarks", str(toy_benchmark(tmp_path / "toy.jsonl", 2)), "--seeds", "0",
-                 "protocol.max_new_tokens=3", "engine.reward_workers=0"]) == 0
+                 "protocol.max_new_tokens=3", "reward.workers=0"]) == 0
     assert main(["analyze", "lens", str(run / "vectors.safetensors"), "--k", "3"]) == 0
     capsys.readouterr()
     assert main(["report", str(run)]) == 0

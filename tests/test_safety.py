@@ -10,7 +10,6 @@ import socket
 import struct
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from rlsteer.steering.vectors import read_vector_file
 PACKAGE = Path(rlsteer.__file__).resolve().parent
 
 #: Fuzz cases tried per property in this session (printed at the end of the module; see the report).
-CASES: Counter[str] = Counter()
 
 
 # ------------------------------------------------------------------------------------- (a) no pickle
@@ -184,7 +182,6 @@ FOLDER = Path(tempfile.mkdtemp(prefix="rlsteer-fuzz-"))
 
 def _assert_read(data: bytes, kind: str) -> None:
     """The property: a valid set of vectors, or one RlsteerError line, quickly; never another exception."""
-    CASES[kind] += 1
     path = FOLDER / f"{kind}.safetensors"
     path.write_bytes(data)
     t0 = time.perf_counter()
@@ -288,7 +285,6 @@ OVERRIDES = st.lists(st.tuples(st.lists(KEYS, min_size=1, max_size=3).map(".".jo
 @example(EvalConfig, {}, ["protocol.temperature=0", "protocol.n={gsm8k: 4}"])
 @given(st.sampled_from([TrainConfig, EvalConfig]), st.dictionaries(KEYS, CONFIGS, max_size=4), OVERRIDES)
 def test_fuzz_config_parser(cls, source, overrides):
-    CASES["configs"] += 1
     t0 = time.perf_counter()
     try:
         cfg = load_config(cls, source, overrides)
@@ -297,9 +293,3 @@ def test_fuzz_config_parser(cls, source, overrides):
     else:
         assert isinstance(cfg, cls)
     assert time.perf_counter() - t0 < 5
-
-
-def test_zz_report_fuzz_counts(capsys):
-    """Print how many cases each fuzz property tried (run with -s to see it; the report quotes it)."""
-    with capsys.disabled():
-        print(f"\nfuzz cases tried: {dict(CASES)}")

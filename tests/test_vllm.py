@@ -159,13 +159,14 @@ def test_smollm2_logprobs_match_hf_with_an_all_layer_vector():
 def test_eval_with_the_vllm_backend_matches_hf(tmp_path):
     """``rlsteer eval`` end to end on both engines: greedy completions agree token for token."""
     from rlsteer.config import EvalConfig, load_config
-    from rlsteer.evaluate import evaluate, read_samples
+    from rlsteer.evaluate import evaluate
+    from rlsteer.samples import read_samples
 
     bench = tmp_path / "toy.jsonl"
     bench.write_text("".join(json.dumps({"id": str(i), "problem": q, "answer": "5"}) + "\n"
                              for i, q in enumerate(QUESTIONS)))
     common = ["model.name=tiny-random-llama", f"protocol.benchmarks=[{bench}]", "protocol.temperature=0",
-              "protocol.max_new_tokens=12", "engine.reward_workers=0"]
+              "protocol.max_new_tokens=12", "reward.workers=0"]
     evaluate(load_config(EvalConfig, "eval/gsm8k", [*common, f"out={tmp_path / 'hf'}"]), log=lambda _: None)
     cmd = [sys.executable, "-m", "rlsteer.cli", "eval", *common, "engine.backend=vllm",
            "engine.vllm_enforce_eager=true", f"engine.vllm_gpu_memory_utilization={MEMORY}", f"out={tmp_path / 'vllm'}"]

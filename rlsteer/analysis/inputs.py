@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsteer.steering.vectors import SteeringVectors, read_vector_file
+from rlsteer.templates import DEFAULT_TEMPLATE
 
 
 def load_with_vectors(path: str | Path, model_spec: str | None = None,
@@ -30,7 +31,7 @@ def analysis_prompts(dataset: str, n: int, tokenizer: Any, template: str | None,
     from rlsteer.templates import build_prompt
 
     problems = load_problems(dataset, data_dir=data_dir, limit=n, shuffle_seed=0)
-    return [build_prompt(tokenizer, p.problem, template or "qwen-math", prefix) for p in problems]
+    return [build_prompt(tokenizer, p.problem, template or DEFAULT_TEMPLATE, prefix) for p in problems]
 
 
 def with_vector_defaults(cfg: Any, vectors: str | Path) -> Any:
@@ -42,4 +43,4 @@ def with_vector_defaults(cfg: Any, vectors: str | Path) -> Any:
 
     meta = read_vector_file(vectors)[1]
     return replace(cfg, model=replace(cfg.model, name=cfg.model.name or meta.get("model") or None),
-                   target=replace(cfg.target, template=cfg.target.template or meta.get("template") or "qwen-math"))
+                   target=replace(cfg.target, template=cfg.target.template or meta.get("template") or DEFAULT_TEMPLATE))

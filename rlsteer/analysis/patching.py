@@ -27,7 +27,7 @@ from rlsteer.architectures import architecture_of
 from rlsteer.config import EvalConfig, TargetSection
 from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
-from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES
+from rlsteer.steering.sites import HEAD_SITES, KV_HEAD_SITES, head_limit
 
 BASELINES = ("base", "full", "skip_attn", "skip_layer")
 VARIANTS = (*BASELINES, "steer_q", "steer_k", "steer_v", "steer_head", "skip_head")

@@ -45,7 +45,8 @@ from rlsteer.architectures import architecture_of
 from rlsteer.errors import RlsteerError
 from rlsteer.io import write_atomically
 from rlsteer.rollout import HFBackend, Request, SamplingParams
-from rlsteer.steering.hooks import first, steer
+from rlsteer.steering.handles import first
+from rlsteer.steering.hooks import steer
 from rlsteer.steering.sites import Entry
 from rlsteer.steering.vectors import SteeringVectors
 

@@ -18,7 +18,8 @@ from typing import Any
 from rlsteer.analysis.inputs import with_vector_defaults
 from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.config import EvalConfig, TargetSection
-from rlsteer.evaluate import EvalSession, compare_table
+from rlsteer.evaluate import EvalSession
+from rlsteer.results import compare_table
 from rlsteer.io import write_atomically
 
 MODES = ("greedy", "sampled")

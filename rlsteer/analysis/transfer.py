@@ -28,6 +28,7 @@ from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
 from rlsteer.steering.vectors import read_vector_file
+from rlsteer.templates import DEFAULT_TEMPLATE
 
 
 class TransferError(RlsteerError):
@@ -56,7 +57,7 @@ class Party:
             raise TransferError(f"{path} records no model; pass MODEL={path}")
         n_layers = int(meta["n_layers"]) if meta.get("n_layers") else None
         return cls(name=model.rstrip("/").rsplit("/", 1)[-1], model=model, vectors=path,
-                   template=meta.get("template", "qwen-math"), d_model=int(meta["d_model"]), n_layers=n_layers)
+                   template=meta.get("template", DEFAULT_TEMPLATE), d_model=int(meta["d_model"]), n_layers=n_layers)
 
 
 def normalised_gain(*, transfer: float, base: float, own: float) -> float:

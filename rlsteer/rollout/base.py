@@ -101,7 +101,14 @@ class Rollout:
 
 
 class Backend(Protocol):
-    """A rollout backend (HF transformers, vLLM, …)."""
+    """A rollout backend (HF transformers, vLLM, …); :func:`rlsteer.rollout.factory.make_backend` builds one.
 
-    def generate(self, requests: Sequence[Request], vectors: object | None,
+    ``generate`` samples one completion per request, in request order, with ``steering`` applied (a
+    :class:`rlsteer.SteeringVectors`, an ``{Entry: tensor}`` dict such as a circuit patch, or None);
+    ``close`` frees what the backend holds (an engine, its memory) and is safe to call twice.
+    """
+
+    def generate(self, requests: Sequence[Request], steering: object | None,
                  sampling: SamplingParams) -> list[Rollout]: ...
+
+    def close(self) -> None: ...

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlsteer.batching import left_pad, new_cache, positions
 from rlsteer.rollout.base import Request, Rollout, SamplingParams
 from rlsteer.rollout.sampling import next_tokens
 from rlsteer.steering.hooks import steer
@@ -69,15 +70,13 @@ class HFBackend:
                 bar.update(len(chunk))
         return [results[i] for i in range(len(requests))]
 
+    def close(self) -> None:
+        """Nothing to free: the model belongs to the caller."""
+
     def _generate_chunk(self, requests: list[Request], sampling: SamplingParams) -> list[Rollout]:
         device = self.device
         rows = len(requests)
-        width = max(r.prompt_len for r in requests)
-        ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)  # [rows, prompt]
-        mask = torch.zeros((rows, width), dtype=torch.long, device=device)
-        for i, r in enumerate(requests):
-            ids[i, width - r.prompt_len:] = torch.tensor(r.prompt_ids, device=device)
-            mask[i, width - r.prompt_len:] = 1
+        ids, mask = left_pad([r.prompt_ids for r in requests], self.pad_id, device)  # [rows, prompt]
         budgets = [sampling.budget(r.prompt_len) for r in requests]
         stops = [set(r.stop_ids) for r in requests]
         generators = [torch.Generator(device=device).manual_seed(r.seed) for r in requests]
@@ -86,8 +85,8 @@ class HFBackend:
         done = [b == 0 for b in budgets]
         stopped = [False] * rows
 
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _new_cache(self.model)
+        position_ids = positions(mask)
+        cache = new_cache(self.model)
         # prefill each distinct prompt once (an RLOO group's N requests share one), then give every row its cache
         first_row: dict[Any, int] = {}
         for i, r in enumerate(requests):
@@ -96,7 +95,7 @@ class HFBackend:
         unique = torch.tensor(list(first_row.values()), device=device)  # [U]: a row of each distinct prompt
         rows_of = torch.tensor([slot[r.prompt_ids if self.share_prompts else i] for i, r in enumerate(requests)],
                                device=device)  # [rows] → its prompt's slot
-        out = self.model(input_ids=ids[unique], attention_mask=mask[unique], position_ids=positions[unique],
+        out = self.model(input_ids=ids[unique], attention_mask=mask[unique], position_ids=position_ids[unique],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)  # only the last position's logits
         logits = out.logits[:, -1][rows_of]  # [rows, vocab]
         if len(unique) < rows:
@@ -115,8 +114,8 @@ class HFBackend:
                 break
             feed = torch.where(torch.tensor(done, device=device), self.pad_id, step_tokens)[:, None]  # [rows, 1]
             mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            position_ids = position_ids[:, -1:] + 1
+            logits = self.model(input_ids=feed, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                                 use_cache=True).logits[:, -1]
         return [
             Rollout(request=r, token_ids=tuple(tokens[i]),
@@ -126,12 +125,3 @@ class HFBackend:
             for i, r in enumerate(requests)
         ]
 
-
-def _new_cache(model: nn.Module) -> Any:
-    from transformers import DynamicCache
-
-    config: Any = model.config
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older transformers
-        return DynamicCache()

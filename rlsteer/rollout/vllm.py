@@ -139,17 +139,6 @@ class VLLMBackend:
             enable_prefix_caching=True, logprobs_mode="processed_logprobs", **engine_args)
         self.set_vectors(None)
 
-    @classmethod
-    def from_config(cls, cfg: Any, tokenizer: Any, *, world: World = SINGLE) -> VLLMBackend:
-        """The engine a :class:`rlsteer.config.TrainConfig` asks for (``rollout.vllm_*`` settings)."""
-        from rlsteer.models import model_folder
-
-        r = cfg.rollout
-        return cls(model_folder(cfg.model.name), tokenizer, dtype=cfg.model.dtype, seed=cfg.rl.seed,
-                   max_model_len=r.max_total_tokens, tensor_parallel_size=r.vllm_tensor_parallel_size,
-                   gpu_memory_utilization=r.vllm_gpu_memory_utilization, enforce_eager=r.vllm_enforce_eager,
-                   revision=cfg.model.revision, world=world)
-
     def set_vectors(self, vectors: SteeringVectors | Mapping[Any, torch.Tensor] | None) -> bool:
         """Copy ``vectors`` into the engine's biases when they changed; True when they did."""
         mlp, attn = engine_biases(vectors, n_layers=self.n_layers, d_model=self.d_model)
@@ -189,7 +178,7 @@ class VLLMBackend:
             logprobs=0 if sampling.logprobs else None, detokenize=False)
 
     def close(self) -> None:
-        """Free the engine (its memory returns when the object is collected)."""
+        """Free the engine (its memory returns when the object is collected); safe to call twice."""
         self.llm = None
 
 
@@ -224,6 +213,6 @@ def _carries_steering_biases(model: str, config: Any) -> bool:
     folder = Path(model)
     if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
         return False
-    from rlsteer.interop import read_checkpoint_biases
+    from rlsteer.bias_checkpoint import read_checkpoint_biases
 
     return bool(read_checkpoint_biases(folder))

@@ -1,15 +1,9 @@
 """Circuit patching: a vector moved to the input of block ℓ, with parts of the block kept vanilla.
 
-Semantics follow reference-semantics §5 (the authors' code): with X the vanilla residual entering block ℓ,
-U = LN1(X) and U_s = LN1(X + s),
-
-* ``skip_attn``   attention reads U; the residual carries X + s.
-* ``steer_q/k/v`` attention reads U except one head's Q (query head) or K/V (KV head) slice, projected
-  from U_s before RoPE; the spliced K/V enter the normal KV cache. Residual X + s.
-* ``steer_head``  per-query-head attention outputs (before o_proj) are vanilla except the chosen heads,
-  taken from a fully steered attention (Q, K, V from U_s) that keeps its own KV cache.
-* ``skip_head``   the reverse: fully steered except the chosen heads, which are vanilla. Residual X + s.
-* ``full`` (≡ ``resid_pre``) and ``skip_layer`` (≡ ``resid_post``) need no branch and live in hooks.py.
+:func:`patch` puts any vector into block ℓ as one variant (for one head or a set of heads);
+:func:`patch_from` turns a trained vector into the patch of the block it feeds, as the paper's §5 does. The
+variants are listed in :mod:`rlsteer.steering.sites`; the attention-branch machinery is in
+:mod:`rlsteer.steering.branch`.
 
 Example:
     >>> from rlsteer import load_model
@@ -22,33 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from rlsteer.architectures import Architecture, architecture_of
-from rlsteer.errors import RlsteerError
-from rlsteer.steering.hooks import (
-    SteeringHandle,
-    VectorFn,
-    VectorSource,
-    first,
-    hidden_input,
-    install_residual,
-    replace_first,
-    with_hidden_input,
-)
-from rlsteer.steering.sites import BRANCH_SITES, HEAD_SITES, PATCH_SITES, Entry, SiteError, head_limit
-
-
-class PatchError(RlsteerError):
-    pass
+from rlsteer.architectures import architecture_of
+from rlsteer.steering.branch import PatchError, check_heads
+from rlsteer.steering.handles import SteeringHandle
+from rlsteer.steering.hooks import install
+from rlsteer.steering.sites import BRANCH_SITES, HEAD_SITES, PATCH_SITES, Entry, SiteError, fed_block, head_limit
+from rlsteer.steering.vectors import SteeringVectors
 
 
 def patch(model: nn.Module, vector: torch.Tensor, layer: int, variant: str,
@@ -68,168 +46,62 @@ def patch(model: nn.Module, vector: torch.Tensor, layer: int, variant: str,
                         f"(0..{arch.n_layers - 1})")
     head_tuple = () if heads is None else (heads,) if isinstance(heads, int) else tuple(int(h) for h in heads)
     if variant in BRANCH_SITES:
-        _check_heads(arch, variant, head_tuple)
+        check_heads(arch, variant, head_tuple)
     elif head_tuple:
         raise SiteError(f"patch variant {variant!r} takes no heads")
     entry = Entry(variant, layer, head_tuple[0] if variant in HEAD_SITES else None)
-    source = VectorSource({entry: lambda: vector}, scale)
-    handles = [arch.decoder().register_forward_pre_hook(source.begin),
-               arch.decoder().register_forward_hook(source.end)]
-    try:
-        if variant in BRANCH_SITES:
-            handles += install_branch_patch(arch, layer, variant, head_tuple, source.fn(entry))
-        else:
-            handles += install_residual(arch, entry, source.fn(entry))
-    except Exception:
-        SteeringHandle(handles).remove()
-        raise
-    return SteeringHandle(handles)
+    return install(arch, {entry: lambda: vector}, scale=scale, heads={entry: head_tuple})
 
 
-class _BranchCache:
-    """The steered branch's own KV cache for one layer (duck-types ``Cache.update`` for attention)."""
-
-    def __init__(self) -> None:
-        self.key: torch.Tensor | None = None  # [batch, kv_heads, pos, head_dim]
-        self.value: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.key is None else self.key.shape[-2]
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.key is None or self.value is None:
-            self.key, self.value = key, value
-        else:
-            self.key = torch.cat([self.key, key], dim=-2)
-            self.value = torch.cat([self.value, value], dim=-2)
-        return self.key, self.value
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
+# ------------------------------------------------------------------------------ a trained vector as a patch
 
 
-@dataclass
-class _BranchState:
-    """What one forward pass of the patched block passes between its hooks."""
+def patch_from(vectors: SteeringVectors, variant: str, *, layer: int | None = None,
+               head: int | None = None) -> dict[Entry, torch.Tensor]:
+    """The circuit patch of the paper's §5: one trained vector moved into the block it feeds.
 
-    x: torch.Tensor | None = None             # [batch, pos, d_model] vanilla residual X
-    u_steered: torch.Tensor | None = None     # [batch, pos, d_model] LN1(X + s)
-    steered_heads: torch.Tensor | None = None  # [batch, pos, n_heads * head_dim] steered pre-o_proj
-    capturing: bool = False
-    cache_owner: Callable[[], Any] | None = None
-    cache: _BranchCache | None = None
+    The vector at ``resid_post`` ℓ (or ``resid_pre`` ℓ + 1) is the input of block ℓ + 1 (:func:`fed_block`),
+    so the patch goes there: ``full`` reproduces the unmodified vector, ``skip_attn`` hides it from that
+    block's attention, ``steer_v`` with head h shows it to KV head h's values only, and so on (see
+    :mod:`rlsteer.steering.sites`). ``layer`` picks the vector's layer when the file has several. The result
+    is an ``{Entry: vector}`` dict for :func:`rlsteer.steer`.
 
-    def clear(self) -> None:
-        self.x = self.u_steered = self.steered_heads = None
-
-    def branch_cache(self, main: Any, layer: int) -> _BranchCache | None:
-        """A cache for the steered branch that mirrors the model's own ``main`` cache."""
-        if main is None:
-            return None
-        past = int(main.get_seq_length(layer))
-        owner = self.cache_owner() if self.cache_owner is not None else None
-        if owner is not main or past == 0 or self.cache is None:
-            self.cache_owner, self.cache = weakref.ref(main), _BranchCache()
-        if self.cache.length != past:
-            raise PatchError(f"head patch at layer {layer}: the model's KV cache holds {past} positions but "
-                             f"the steered branch's holds {self.cache.length}; cache cropping, reordering "
-                             "(beam search) and reuse across prompts are not supported with head patches")
-        return self.cache
-
-
-def install_branch_patch(arch: Architecture, layer: int, site: str, heads: tuple[int, ...],
-                         vector: VectorFn) -> list[RemovableHandle]:
-    """Install the hooks of one attention-branch patch (see the module docstring)."""
-    _check_heads(arch, site, heads)
-    state = _BranchState()
-
-    def on_block_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        x = hidden_input(args, kwargs)
-        state.x = x
-        return with_hidden_input(args, kwargs, x + vector(x))  # the residual carries X + s
-
-    def on_block_output(module: nn.Module, args: Any, output: Any) -> None:
-        state.clear()
-
-    def on_ln1(module: nn.Module, args: Any, output: Any) -> Any:
-        state.u_steered = first(output)  # LN1 saw X + s
-        return replace_first(output, module.forward(state.x))  # attention reads the vanilla LN1(X)
-
-    handles = [
-        arch.layer(layer).register_forward_pre_hook(on_block_input, with_kwargs=True),
-        arch.layer(layer).register_forward_hook(on_block_output),
-        arch.ln1(layer).register_forward_hook(on_ln1),
-    ]
-    if site in ("steer_q", "steer_k", "steer_v"):
-        handles.append(_splice_projection(arch, layer, site[-1], heads, state))
-    elif site in ("steer_head", "skip_head"):
-        handles += _splice_heads(arch, layer, site, heads, state)
-    return handles
+    Example:
+        >>> sv = SteeringVectors.from_dict({("resid_post", 26): torch.ones(4)})
+        >>> list(patch_from(sv, "steer_v", head=1))
+        [Entry(site='steer_v', layer=27, head=1)]
+    """
+    if variant not in PATCH_SITES:
+        raise SiteError(f"unknown variant {variant!r}; variants: {', '.join(PATCH_SITES)}")
+    sources = [e for e in vectors.entries if e.site in ("resid_post", "resid_pre")]
+    layers = sorted({e.layer for e in sources})
+    if layer is None and len(layers) != 1:
+        raise SiteError(f"the file has resid_post/resid_pre vectors at layers {layers}; name one with patch_layer")
+    chosen = [e for e in sources if e.layer == (layer if layer is not None else layers[0])]
+    if len(chosen) != 1:
+        what = f"patch_layer {layer} is not" if not chosen else f"layer {chosen[0].layer} has both a resid_post and"
+        raise SiteError(f"{what} one of the file's resid_post/resid_pre layers {layers}; pass --layer "
+                        "(target.patch_layer) with one of them")
+    source = chosen[0]
+    if (variant in HEAD_SITES) != (head is not None):
+        raise SiteError(f"{variant} {'needs' if variant in HEAD_SITES else 'takes no'} a head (patch_head)")
+    return {Entry(variant, fed_block(source), head): vectors.vector(source).detach()}
 
 
-def _splice_projection(arch: Architecture, layer: int, stream: str, heads: tuple[int, ...],
-                       state: _BranchState) -> RemovableHandle:
-    proj = arch.projection(layer, stream)
-    columns = [proj.columns(h) for h in heads]
-
-    def hook(module: nn.Linear, args: Any, output: torch.Tensor) -> torch.Tensor:
-        out = output.clone()  # [batch, pos, out_features]
-        for cols in columns:
-            bias = None if module.bias is None else module.bias[cols]
-            out[..., cols] = F.linear(_ready(state.u_steered), module.weight[cols], bias)
-        return out
-
-    return proj.module.register_forward_hook(hook)
-
-
-def _splice_heads(arch: Architecture, layer: int, site: str, heads: tuple[int, ...],
-                  state: _BranchState) -> list[RemovableHandle]:
-    columns = [slice(h * arch.head_dim, (h + 1) * arch.head_dim) for h in heads]
-
-    def run_steered_branch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cache = state.branch_cache(kwargs.get("past_key_values"), layer)
-        branch_args, branch_kwargs = with_hidden_input(args, {**kwargs, "past_key_values": cache},
-                                                       _ready(state.u_steered))
-        state.capturing = True
-        try:
-            module.forward(*branch_args, **branch_kwargs)  # .forward: the attention's own hooks stay out
-        finally:
-            state.capturing = False
-
-    def on_o_proj_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
-        heads_out = args[0]  # [batch, pos, n_heads * head_dim]
-        if state.capturing:
-            state.steered_heads = heads_out
-            return None
-        steered = _ready(state.steered_heads)
-        base, donor = (heads_out, steered) if site == "steer_head" else (steered, heads_out)
-        out = base.clone()
-        for cols in columns:
-            out[..., cols] = donor[..., cols]
-        return (out, *args[1:])
-
-    return [arch.attn(layer).register_forward_pre_hook(run_steered_branch, with_kwargs=True),
-            arch.o_proj(layer).register_forward_pre_hook(on_o_proj_input)]
+def check_patch_fits(patch: Mapping[Entry, torch.Tensor], model: nn.Module) -> None:
+    """Raise :class:`PatchError` unless every patched block and head of ``patch`` exists in ``model`` (the
+    message starts with the option at fault, ``patch`` or ``patch_head``)."""
+    arch = architecture_of(model)
+    for entry in patch:
+        if entry.layer >= arch.n_layers:
+            raise PatchError(f"patch: the vector feeds block {entry.layer}, which the model does not have "
+                             f"({arch.n_layers} layers, 0..{arch.n_layers - 1}); patch a vector of an earlier "
+                             "layer (--layer)")
+        if entry.head is not None:
+            limit, kind = head_limit(entry.site, arch.n_heads, arch.n_kv_heads)
+            if entry.head >= limit:
+                raise PatchError(f"patch_head={entry.head} is out of range for {entry.site}: the model has "
+                                 f"{limit} {kind}; pass --head 0..{limit - 1}")
 
 
-def _ready(tensor: torch.Tensor | None) -> torch.Tensor:
-    if tensor is None:  # a hook ran outside the block's forward pass
-        raise PatchError("patched attention ran outside its decoder layer's forward pass")
-    return tensor
-
-
-def _check_heads(arch: Architecture, site: str, heads: tuple[int, ...]) -> None:
-    if site == "skip_attn":
-        if heads:
-            raise SiteError("skip_attn takes no heads")
-        return
-    if not heads:
-        raise SiteError(f"{site} needs at least one head")
-    limit, kind = head_limit(site, arch.n_heads, arch.n_kv_heads)
-    for h in heads:
-        if not 0 <= h < limit:
-            raise SiteError(f"{site}: head {h} is out of range, the model has {limit} {kind} (0..{limit - 1})")
-    if len(set(heads)) != len(heads):
-        raise SiteError(f"{site}: repeated head indices {list(heads)}")
+__all__ = ["PatchError", "check_patch_fits", "patch", "patch_from"]

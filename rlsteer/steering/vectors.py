@@ -13,16 +13,19 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, first_line
 from rlsteer.io import replacing
 from rlsteer.steering.constraints import orthonormal_basis, project_out
 from rlsteer.steering.sites import Entry, SiteError, head_limit
@@ -267,10 +270,12 @@ class SteeringVectors(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, *,
+    def load(cls, path: str | os.PathLike[str] | VectorFile, model: nn.Module | None = None, *,
              trainable: bool = False) -> SteeringVectors:
-        """Read a vector file (never pickle); with ``model``, check that it fits and move it to its device."""
-        tensors, header = read_vector_file(path)
+        """Read a vector file (never pickle), or take one already read; with ``model``, check that it fits and
+        move it to its device."""
+        file = path if isinstance(path, VectorFile) else open_vector_file(path)
+        tensors, header = file.tensors, file.header
         d_model = int(header["d_model"])
         out = cls(d_model, scale=float(header.get("scale", "1.0")), metadata=_user_metadata(header))
         for name, value in sorted(tensors.items()):
@@ -288,24 +293,53 @@ def _user_metadata(header: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in header.items() if k not in _RESERVED}
 
 
+@dataclass(frozen=True)
+class VectorFile:
+    """A vector file read once: its fp32 tensors by entry name, its header, and the sha256 of its bytes."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    header: dict[str, str]
+    sha256: str
+
+
 def read_vector_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of a vector file, validated; every failure is one :class:`VectorFileError` line."""
+    file = open_vector_file(path)
+    return file.tensors, file.header
+
+
+def read_vector_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A vector file's header (metadata) without reading its tensors; an unreadable file is the same one-line
+    :class:`VectorFileError` as :func:`open_vector_file` gives."""
     from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - let the full reader say what is wrong
+        return open_vector_file(path).header
+
+
+def open_vector_file(path: str | os.PathLike[str]) -> VectorFile:
+    """Read a vector file in one pass (its bytes give the tensors, the header and the sha256), validated;
+    every failure is one :class:`VectorFileError` line."""
+    from safetensors.torch import load as load_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise VectorFileError(f"vector file {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = dict(f.metadata() or {})
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        data = path.read_bytes()
+        tensors = load_safetensors(data)
+        header = _safetensors_metadata(data)
     except Exception as err:  # safetensors raises several types for bad headers and truncated data
         kind = _foreign_kind(path)
         if kind is not None:
             raise VectorFileError(f"{path} is {kind}, not a safetensors vector file; rlsteer never unpickles "
                                   "files: convert it with `rlsteer import` or save the vectors with "
                                   "SteeringVectors.save") from None
-        raise VectorFileError(f"{path} is not a readable safetensors vector file ({_one_line(err)}); "
+        raise VectorFileError(f"{path} is not a readable safetensors vector file ({first_line(err)}); "
                               "rlsteer reads only safetensors files written by SteeringVectors.save "
                               "or `rlsteer export`") from None
     if not tensors:
@@ -344,7 +378,15 @@ def read_vector_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             raise ValueError
     except ValueError:
         raise VectorFileError(f"{path}: header scale {scale!r} is not a finite number") from None
-    return {k: v.to(torch.float32) for k, v in tensors.items()}, header
+    return VectorFile(path, {k: v.to(torch.float32) for k, v in tensors.items()}, header,
+                      hashlib.sha256(data).hexdigest())
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes (the format: an 8-byte little-endian header length,
+    then the JSON header); called after safetensors itself parsed the same bytes."""
+    length = int.from_bytes(data[:8], "little")
+    return {str(k): str(v) for k, v in (json.loads(data[8:8 + length]).get("__metadata__") or {}).items()}
 
 
 def check_entries_fit(arch: Any, d_model: int, entries: Iterable[Entry], metadata: Mapping[str, str]) -> None:
@@ -377,7 +419,3 @@ def _foreign_kind(path: Path) -> str | None:
         return None
     return next((kind for magic, kind in _MAGIC if start.startswith(magic)), None)
 
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

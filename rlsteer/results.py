@@ -1,0 +1,166 @@
+"""An evaluation's results: scores from its samples files, and the tables people read.
+
+``results.json`` holds, per benchmark and seed, the first-sample accuracy, avg@n and unbiased pass@k, over
+seeds mean ± population std, and the paper's six-benchmark headline (:mod:`rlsteer.aggregate`);
+``results.md`` and ``results.csv`` are the same as tables. :func:`compare_table` puts several evaluations
+side by side.
+
+Example:
+    >>> default_ks(32)
+    (1, 2, 4, 8, 16, 32)
+    >>> print(markdown_table({"target": "base", "benchmarks": {"gsm8k": {"n": 1, "problems": 2, "seeds": {"0": {}},
+    ...     "first": {"mean": 0.5, "std": 0.0}, "avg": {"mean": 0.5, "std": 0.0},
+    ...     "pass@1": {"mean": 0.5, "std": 0.0}}}}))
+    base — 1 seed(s), ×100, mean ± std
+    <BLANKLINE>
+    | benchmark | problems | n | first | avg@n | pass@1 |
+    |---|---:|---:|---:|---:|---:|
+    | gsm8k | 2 | 1 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlsteer.aggregate import PAPER_BENCHMARKS, headline, mean_std, scores
+from rlsteer.config import EvalConfig
+from rlsteer.data import Problem
+from rlsteer.errors import RlsteerError
+from rlsteer.interrupt import held
+from rlsteer.io import write_atomically
+from rlsteer.samples import read_samples, samples_file
+
+
+class ResultsError(RlsteerError):
+    pass
+
+
+def default_ks(n: int) -> tuple[int, ...]:
+    """1, 2, 4, … up to n, and n itself."""
+    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return tuple(sorted({*ks, n}))
+
+
+def summarize(out: Path, cfg: EvalConfig, benchmarks: dict[str, list[Problem]], protocol: dict[str, Any], *,
+              seconds: float | None = None) -> dict[str, Any]:
+    """results.json's content from the samples files: per seed scores, mean ± std over seeds, the headline."""
+    per_bench: dict[str, Any] = {}
+    per_seed_avg: dict[int, dict[str, float]] = {}
+    for bench, problems in benchmarks.items():
+        n = cfg.protocol.samples(bench)
+        ks = tuple(k for k in cfg.protocol.pass_k if k <= n) or default_ks(n)
+        seeds = {}
+        for seed in cfg.protocol.seeds:
+            records = read_samples(samples_file(out, bench, seed))
+            correct = [[0.0] * n for _ in problems]
+            seen = 0
+            for r in records:
+                correct[r["problem_index"]][r["sample"]] = float(r["reward"])
+                seen += 1
+            if seen != len(problems) * n:
+                raise ResultsError(f"{bench} seed {seed}: {seen} of {len(problems) * n} samples present; run the "
+                                "evaluation again to finish it")
+            seeds[seed] = scores(correct, ks)
+            per_seed_avg.setdefault(seed, {})[bench] = seeds[seed]["avg"]
+        metrics = [m for m in next(iter(seeds.values())) if m not in ("n", "problems")]
+        per_bench[bench] = {"n": n, "problems": len(problems), "seeds": {str(s): v for s, v in seeds.items()},
+                            **{m: dict(zip(("mean", "std"), mean_std([v[m] for v in seeds.values()]), strict=True))
+                               for m in metrics}}
+    results: dict[str, Any] = {"target": protocol["target"], "benchmarks": per_bench, "protocol": protocol}
+    if all(b in benchmarks for b in PAPER_BENCHMARKS):
+        mean, std, by_seed = headline(per_seed_avg)
+        results["headline"] = {"mean": mean, "std": std, "seeds": {str(s): v for s, v in by_seed.items()},
+                               "benchmarks": list(PAPER_BENCHMARKS), "metric": "avg@n"}
+    if seconds is not None:
+        results["seconds"] = seconds
+    return results
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """results.json, .md and .csv, each atomically; a signal waits for all three."""
+    with held():
+        write_atomically(out / "results.json", json.dumps(results, indent=1))
+        write_atomically(out / "results.md", markdown_table(results) + "\n")
+        write_atomically(out / "results.csv", csv_table(results))
+
+
+def _rows(results: dict[str, Any]) -> Iterator[tuple[str, int, int, str, float, float]]:
+    for bench, r in results["benchmarks"].items():
+        for metric in ("first", "avg", *[m for m in r if m.startswith("pass@")]):
+            yield bench, r["n"], r["problems"], metric, r[metric]["mean"], r[metric]["std"]
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per benchmark: first-sample accuracy, avg@n and pass@k (×100, mean ± std over seeds)."""
+    benches = results["benchmarks"]
+    ks = sorted({m for r in benches.values() for m in r if m.startswith("pass@")}, key=lambda m: int(m[5:]))
+    lines = [f"{results['target']} — {len(next(iter(benches.values()))['seeds'])} seed(s), ×100, mean ± std",
+             "", "| benchmark | problems | n | first | avg@n | " + " | ".join(ks) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(ks)]
+    for bench, r in benches.items():
+        cells = [_cell(**r[m]) if m in r else "" for m in ks]
+        lines.append(f"| {bench} | {r['problems']} | {r['n']} | {_cell(**r['first'])} | {_cell(**r['avg'])} | "
+                     + " | ".join(cells) + " |")
+    if "headline" in results:
+        h = results["headline"]
+        lines += ["", f"Average over the six benchmarks (avg@n): {_cell(h['mean'], h['std'])}"]
+    return "\n".join(lines)
+
+
+def csv_table(results: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["target", "benchmark", "n", "problems", "metric", "mean", "std"])
+    for row in _rows(results):
+        writer.writerow([results["target"], *row])
+    if "headline" in results:
+        writer.writerow([results["target"], "average", "", "", "avg", results["headline"]["mean"],
+                         results["headline"]["std"]])
+    return buf.getvalue()
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """results.json from an evaluation directory (or the file itself)."""
+    p = Path(path)
+    file = p / "results.json" if p.is_dir() else p
+    if not file.is_file():
+        raise ResultsError(f"{path} has no results.json; evaluate it first (rlsteer eval …)")
+    return json.loads(file.read_text())
+
+
+def compare_table(results: Sequence[dict[str, Any]], metric: str = "avg") -> tuple[str, str]:
+    """Markdown and CSV with one row per result and one column per benchmark (``metric``, ×100), plus the
+    six-benchmark average where every result has it."""
+    benches: list[str] = []
+    for r in results:
+        benches += [b for b in r["benchmarks"] if b not in benches]
+    with_headline = all("headline" in r for r in results)
+    head = ["target", *benches, *(["average"] if with_headline else [])]
+    md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([h + ("" if h == "target" else "_mean") for h in head] + [f"{h}_std" for h in head[1:]])
+    for r in results:
+        cells, means, stds = [], [], []
+        for b in benches:
+            m = r["benchmarks"].get(b, {}).get(metric)
+            cells.append(_cell(**m) if m else "—")
+            means.append(m["mean"] if m else "")
+            stds.append(m["std"] if m else "")
+        if with_headline:
+            cells.append(_cell(r["headline"]["mean"], r["headline"]["std"]))
+            means.append(r["headline"]["mean"])
+            stds.append(r["headline"]["std"])
+        md.append(f"| {r['target']} | " + " | ".join(cells) + " |")
+        writer.writerow([r["target"], *means, *stds])
+    return "\n".join(md), buf.getvalue()
