@@ -50,7 +50,7 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlsteer tests bench
+	$(BIN)/ruff check rlsteer tests bench tools
 	$(BIN)/mypy rlsteer
 
 clean-venv:

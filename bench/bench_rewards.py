@@ -1,6 +1,6 @@
 """Answers verified per second: in-process (serial) vs RewardPool workers, on MATH500 gold answers.
 
-Run:  .venv/bin/python bench/bench_rewards.py [--data ../shared/data] [--repeat 2]
+Run:  .venv/bin/python bench/bench_rewards.py [--data DIR] [--repeat 2]   (default: the packaged MATH500)
 
 Half of the predictions are the problem's own gold answer (correct), half the next problem's (mostly
 wrong), so both verify paths are timed. All configurations run side by side in one process.
@@ -9,26 +9,20 @@ wrong), so both verify paths are timed. All configurations run side by side in o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
+from rlsteer.data import load_problems
 from rlsteer.rewards import RewardPool
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(os.environ.get("RLSTEER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--data", type=Path, default=default)
+    parser.add_argument("--data", help="a folder with math500.jsonl (default: $RLSTEER_DATA_DIR, else packaged)")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    path = args.data / "math500.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"bench_rewards: {path} not found; pass --data pointing at shared/data")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    golds = [r["answer"] for r in rows]
+    golds = [p.answer for p in load_problems("math500", data_dir=args.data)]
     preds = [f"The answer is \\boxed{{{golds[i] if i % 2 == 0 else golds[(i + 1) % len(golds)]}}}."
              for i in range(len(golds))]
     results = []

@@ -3,8 +3,10 @@
 A dataset spec is one of
 
 * a registry name (:data:`REGISTRY`): read from ``<data_dir>/<file>`` when that file exists (``data_dir``
-  argument, else ``$RLSTEER_DATA_DIR``), else downloaded by HF id with the field mapping of
-  reference-semantics §3 (needs ``pip install 'rlsteer[hub]'``);
+  argument, else ``$RLSTEER_DATA_DIR``), else from the copy packaged with rlsteer (the six paper benchmarks,
+  GSM8K test and MATH train; ``rlsteer/packaged_data``, checked against its manifest's sha256), else
+  downloaded by HF id with the field mapping of reference-semantics §3 (needs ``pip install 'rlsteer[hub]'``);
+* ``hub:NAME``: registry name NAME downloaded from the hub even where a local or packaged copy exists;
 * a local ``.jsonl`` / ``.parquet`` file, or a folder of them, with ``problem`` and ``answer`` fields
   (``id`` optional; ``question`` is accepted for ``problem``);
 * ``synthetic-arithmetic[:key=value,…]``: arithmetic word problems with integer answers, deterministic by
@@ -16,15 +18,21 @@ Example:
     >>> problems = load_problems("synthetic-arithmetic:n=3,digits=1,seed=4")
     >>> len(problems), problems[0].source
     (3, 'synthetic-arithmetic')
+    >>> len(load_problems("aime24", data_dir="/nonexistent"))  # the packaged copy, offline
+    30
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +101,12 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
     """Load a dataset spec (see the module docstring); optionally shuffled by seed, then cut to ``limit``."""
     if spec.startswith("synthetic-arithmetic"):
         problems = synthetic_arithmetic(**_synthetic_options(spec))
+    elif spec.startswith("hub:"):
+        name = spec.removeprefix("hub:")
+        if name not in REGISTRY:
+            raise DataError(f"unknown dataset {name!r} in {spec!r}; hub: takes a registry name "
+                            f"({', '.join(REGISTRY)}); give an HF dataset id owner/name without hub:")
+        problems = _from_hub(REGISTRY[name])
     elif spec in REGISTRY:
         problems = _load_registered(REGISTRY[spec], data_dir)
     elif Path(spec).expanduser().exists():
@@ -116,10 +130,80 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
 
 
 def _load_registered(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[Problem]:
-    root = data_dir if data_dir is not None else os.environ.get("RLSTEER_DATA_DIR")
-    if root is not None and (Path(root) / spec.file).is_file():
-        return read_problems(Path(root) / spec.file, source=spec.name)
+    local = local_file(spec.name, data_dir)
+    if local is not None:
+        return read_problems(local, source=spec.name)
+    if spec.name in packaged_manifest():
+        return _to_problems(_jsonl_lines(packaged_text(spec.name), f"packaged {spec.file}"),
+                            f"packaged {spec.file}", spec.name)
     return _from_hub(spec)
+
+
+def local_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file a registry name is read from when ``data_dir`` (else ``$RLSTEER_DATA_DIR``) holds it."""
+    root = data_dir if data_dir is not None else os.environ.get("RLSTEER_DATA_DIR")
+    path = Path(root).expanduser() / REGISTRY[name].file if root is not None and name in REGISTRY else None
+    return path if path is not None and path.is_file() else None
+
+
+def data_origin(spec: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Where :func:`load_problems` reads ``spec`` from, for the record: a file and its sha256, the packaged
+    copy (the sha256 of its JSONL text, the same as the file it was packed from), or a hub id.
+
+    Example:
+        >>> data_origin("math500", data_dir="/nonexistent")["packaged"]
+        'math500.jsonl.gz'
+    """
+    name = spec.removeprefix("hub:")
+    if name in REGISTRY and not spec.startswith("hub:"):
+        local = local_file(name, data_dir)
+        if local is not None:
+            return {"file": str(local.resolve()), "sha256": _file_sha256(local)}
+        if name in packaged_manifest():
+            entry = packaged_manifest()[name]
+            return {"packaged": entry["file"], "sha256": entry["sha256"], "upstream": entry["upstream"]}
+    if name in REGISTRY:
+        return {"hub": REGISTRY[name].hf_id, "split": REGISTRY[name].split}
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return {"file": str(path.resolve()), "sha256": _file_sha256(path)}
+    return {"source": spec}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- packaged
+
+
+PACKAGED = "packaged_data"
+
+
+@cache
+def packaged_manifest() -> dict[str, dict[str, Any]]:
+    """Registry name → manifest entry (file, sha256 of the JSONL text, problems, upstream, licence) of the sets
+    shipped inside the package; docs/data.md tells where each comes from."""
+    manifest = resources.files("rlsteer") / PACKAGED / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    entries: dict[str, dict[str, Any]] = json.loads(manifest.read_text(encoding="utf-8"))
+    return entries
+
+
+@cache
+def packaged_text(name: str) -> str:
+    """The JSONL text of a packaged set, decompressed and checked against the manifest's sha256."""
+    entry = packaged_manifest()[name]
+    data = gzip.decompress((resources.files("rlsteer") / PACKAGED / entry["file"]).read_bytes())
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DataError(f"the packaged {entry['file']} does not match its manifest's sha256 (a damaged "
+                        "install); reinstall rlsteer, or set RLSTEER_DATA_DIR to a folder with the JSONL files")
+    return data.decode("utf-8")
 
 
 def read_problems(path: Path, *, source: str | None = None) -> list[Problem]:
@@ -140,16 +224,20 @@ def read_problems(path: Path, *, source: str | None = None) -> list[Problem]:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object per line")
-            yield line_no, row
+        yield from _jsonl_lines(f, path)
+
+
+def _jsonl_lines(lines: Iterable[str] | str, origin: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line_no, line in enumerate(lines.split("\n") if isinstance(lines, str) else lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{origin}:{line_no}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{origin}:{line_no}: expected a JSON object per line")
+        yield line_no, row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -22,9 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rlsteer.config import EvalConfig, to_dict
-from rlsteer.data import REGISTRY, Problem, load_problems
+from rlsteer.data import REGISTRY, Problem, data_origin, load_problems
 from rlsteer.errors import RlsteerError, writing
 from rlsteer.interrupt import Interrupted, interruptible
 from rlsteer.io import remove_leftovers, write_atomically
@@ -235,17 +233,8 @@ def benchmark_specs(benchmarks: Sequence[str]) -> dict[str, str]:
 def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, specs: dict[str, str],
                     benchmarks: dict[str, list[Problem]]) -> dict[str, Any]:
     """Everything that determines the samples (compared on resume) plus versions, for the record."""
-    data = {}
-    for bench, name in specs.items():
-        spec = REGISTRY.get(name)
-        root = cfg.protocol.data_dir or os.environ.get("RLSTEER_DATA_DIR")
-        path = Path(root) / spec.file if spec is not None and root is not None else Path(name).expanduser()
-        if path.is_file():
-            data[bench] = {"file": str(path.resolve()), "sha256": _sha256(path), "problems": len(benchmarks[bench])}
-        elif spec is not None:
-            data[bench] = {"hub": spec.hf_id, "split": spec.split, "problems": len(benchmarks[bench])}
-        else:
-            data[bench] = {"source": name, "problems": len(benchmarks[bench])}
+    data = {bench: {**data_origin(name, cfg.protocol.data_dir), "problems": len(benchmarks[bench])}
+            for bench, name in specs.items()}
     settings = to_dict(cfg)
     for how in ("engine", "reward"):  # how samples are produced and verified does not change what they are
         settings.pop(how)
@@ -259,14 +248,6 @@ def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, sp
         "backend": cfg.engine.backend,
         "versions": {name: _version(name) for name in ("rlsteer", "math-verify", "torch", "transformers")},
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version(package: str) -> str | None:

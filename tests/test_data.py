@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from rlsteer.data import EVAL_SETS, REGISTRY, DataError, load_problems, synthetic_arithmetic
+from rlsteer.data import (
+    EVAL_SETS,
+    REGISTRY,
+    DataError,
+    data_origin,
+    load_problems,
+    packaged_manifest,
+    packaged_text,
+    synthetic_arithmetic,
+)
 from rlsteer.rewards import math_reward
 from tests.conftest import shared_data_dir
 
@@ -17,13 +26,54 @@ SIZES = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva_math"
          "gsm8k": 1319, "math_train": 7498}
 
 
+@pytest.mark.parametrize("name", list(SIZES))
+def test_registry_reads_the_packaged_sets_offline(name, monkeypatch):
+    monkeypatch.delenv("RLSTEER_DATA_DIR", raising=False)
+    problems = load_problems(name)
+    assert len(problems) == SIZES[name] == packaged_manifest()[name]["problems"]
+    assert len({p.id for p in problems}) == len(problems)
+    assert all(p.problem.strip() and p.answer.strip() and p.source == name for p in problems)
+    assert data_origin(name)["packaged"] == f"{REGISTRY[name].file}.gz"
+
+
+def test_the_manifest_covers_the_paper_benchmarks_with_provenance():
+    manifest = packaged_manifest()
+    assert set(manifest) == {"aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k",
+                             "math_train"}
+    for entry in manifest.values():
+        assert entry["upstream"] and entry["licence"] and entry["dataset"] and len(entry["sha256"]) == 64
+
+
 @needs_data
 @pytest.mark.parametrize("name", list(SIZES))
-def test_registry_reads_the_shared_files(name):
-    problems = load_problems(name, data_dir=DATA)
-    assert len(problems) == SIZES[name]
-    assert len({p.id for p in problems}) == len(problems)
-    assert all(p.problem.strip() and p.answer.strip() for p in problems)
+def test_packaged_sets_are_the_shared_files_byte_for_byte(name):
+    text = (DATA / REGISTRY[name].file).read_text(encoding="utf-8")
+    assert packaged_text(name) == text
+    assert load_problems(name, data_dir=DATA) == load_problems(name, data_dir="/nonexistent")
+    assert data_origin(name, DATA)["sha256"] == data_origin(name, "/nonexistent")["sha256"]
+
+
+def test_a_damaged_packaged_file_is_refused(monkeypatch):
+    monkeypatch.setitem(packaged_manifest()["aime24"], "sha256", "0" * 64)
+    packaged_text.cache_clear()
+    try:
+        with pytest.raises(DataError, match="does not match its manifest's sha256"):
+            load_problems("aime24", data_dir="/nonexistent")
+    finally:
+        monkeypatch.undo()
+        packaged_text.cache_clear()
+    assert len(load_problems("aime24", data_dir="/nonexistent")) == 30
+
+
+def test_a_data_dir_overrides_the_packaged_copy(tmp_path, monkeypatch):
+    (tmp_path / "aime24.jsonl").write_text(json.dumps({"id": "x", "problem": "1+1?", "answer": "2"}) + "\n")
+    monkeypatch.setenv("RLSTEER_DATA_DIR", str(tmp_path))
+    assert [p.id for p in load_problems("aime24")] == ["x"]
+    assert data_origin("aime24")["file"] == str((tmp_path / "aime24.jsonl").resolve())
+    assert len(load_problems("aime25")) == 30  # not in the folder: the packaged copy
+    monkeypatch.delenv("RLSTEER_DATA_DIR")
+    assert [p.id for p in load_problems("aime24", data_dir=tmp_path)] == ["x"]
+    assert len(load_problems("aime24")) == 30
 
 
 def test_registry_knows_the_paper_sets_and_hub_ids():
@@ -41,6 +91,11 @@ def test_missing_local_file_without_datasets_says_what_to_do(tmp_path, monkeypat
                         if name == "datasets" else real_import(name, *a, **k))
     with pytest.raises(DataError, match=r"pip install 'rlsteer\[hub\]'"):
         load_problems("deepscaler", data_dir=tmp_path)
+    with pytest.raises(DataError, match=r"pip install 'rlsteer\[hub\]'"):  # hub: skips the packaged copy
+        load_problems("hub:math500")
+    with pytest.raises(DataError, match=r"unknown dataset 'math5000' in 'hub:math5000'"):
+        load_problems("hub:math5000")
+    assert data_origin("hub:math500") == {"hub": "HuggingFaceH4/MATH-500", "split": "test"}
 
 
 def test_local_jsonl_folder_limit_and_shuffle(tmp_path):

@@ -21,8 +21,6 @@ from rlsteer.steering.sites import Entry
 from rlsteer.targets import TargetError, resolve_targets, steering_for
 from rlsteer.templates import build_prompt
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def toy_benchmark(path: Path, n: int = 3) -> Path:
     rows = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(n)]
@@ -226,10 +224,9 @@ def test_cli_dry_run_and_bad_input(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / "gsm8k_test.jsonl").is_file(), reason="needs ../shared/data")
 def test_smollm2_on_a_gsm8k_slice_with_and_without_a_vector(tmp_path):
     common = ["protocol.limit=8", "protocol.max_new_tokens=128", "protocol.temperature=0", "protocol.seeds=[0]",
-              f"protocol.data_dir={SHARED}", "target.template=chat", "protocol.extraction=any"]
+              "target.template=chat", "protocol.extraction=any"]
     base = evaluate(load_config(EvalConfig, "eval/gsm8k", [*common, f"out={tmp_path / 'base'}"]),
                     log=lambda _: None)[0]
     vectors = SteeringVectors(576, layers=list(range(30)))
@@ -246,3 +243,18 @@ def test_smollm2_on_a_gsm8k_slice_with_and_without_a_vector(tmp_path):
     assert all(r["gold"] for r in a) and base["protocol"]["data"]["gsm8k"]["sha256"]
     for r in (base, steered):
         assert 0.0 <= r["benchmarks"]["gsm8k"]["avg"]["mean"] <= 1.0
+
+
+def test_paper_protocol_runs_offline_on_the_packaged_benchmarks(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLSTEER_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--protocol", "paper", "--limit", "2", "--model", "tiny-random-qwen3", "--seeds", "0",
+                 "protocol.max_new_tokens=4", "protocol.n={aime24: 2, aime25: 2, amc23: 2}",
+                 "--out", str(tmp_path / "out")]) == 0
+    protocol = json.loads((tmp_path / "out" / "protocol.json").read_text())
+    assert set(protocol["data"]) == {"aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench"}
+    for bench, record in protocol["data"].items():
+        assert record["packaged"] == f"{bench}.jsonl.gz" and record["problems"] == 2 and len(record["sha256"]) == 64
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(read_samples(tmp_path / "out" / "samples" / "aime24.seed0.jsonl")) == 2 * 2
+    assert results["headline"]["benchmarks"] == sorted(protocol["data"]) and 0 <= results["headline"]["mean"] <= 1

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from rlsteer.data import packaged_text
 from rlsteer.rewards import (
     RewardPool,
     Task,
@@ -19,16 +20,13 @@ from rlsteer.rewards import (
     normalise_gold,
     verify_task,
 )
-from tests.conftest import shared_data_dir
 
-DATA = shared_data_dir()
-SETS = ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k_test", "math_train")
-needs_data = pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(),
-                                reason=f"shared data not found at {DATA} (set RLSTEER_SHARED_DATA)")
+SETS = ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k", "math_train")
 
 
 def golds(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    """The packaged set's records as they are in the file."""
+    return [json.loads(line) for line in packaged_text(name).split("\n") if line.strip()]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -73,7 +71,6 @@ def test_e_notation_golds():
     assert math_reward(r"\boxed{4.6 \times 10^{33}}", "4.5e33") == -1.0
 
 
-@needs_data
 def test_degenerate_golds_are_flagged():
     rows = {r["id"]: r["answer"] for r in golds("olympiadbench")}
     for bad in ("1965", "1970"):
@@ -86,7 +83,6 @@ def _sample(name: str, k: int) -> list[dict]:
     return random.Random(0).sample(rows, min(k, len(rows)))
 
 
-@needs_data
 @pytest.mark.parametrize("name", SETS)
 def test_gold_answers_verify_against_themselves_sample(name):
     rows = _sample(name, 25)
@@ -96,7 +92,6 @@ def test_gold_answers_verify_against_themselves_sample(name):
                                                   if s != "correct"]
 
 
-@needs_data
 @pytest.mark.slow
 def test_every_gold_answer_verifies_against_itself():
     with RewardPool(workers=2, timeout_s=30) as pool:
@@ -107,7 +102,6 @@ def test_every_gold_answer_verifies_against_itself():
             assert not failed, f"{name}: {failed[:10]}"
 
 
-@needs_data
 def test_answers_of_other_problems_are_rejected():
     integers = [r for name in ("aime24", "aime25", "amc23") for r in golds(name)]
     pairs = [(a, b) for a, b in zip(integers, integers[1:], strict=False) if a["answer"] != b["answer"]]
