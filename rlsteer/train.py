@@ -203,9 +203,8 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
     params = [p for p in vectors.parameters() if p.requires_grad]
     stepped = sum_gradients(params, world)  # one all-reduce; every rank then holds the same gradient
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)) if stepped else 0.0
-    warmup = min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps > 0 else 1.0
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * warmup
+        group["lr"] = group["base_lr"] * warmup_factor(step, cfg.optim.warmup_steps)
     optimizer.step()
     t4 = time.perf_counter()
 
@@ -305,6 +304,17 @@ def check_steering(cfg: TrainConfig, arch: Any) -> None:
         if not 0 <= int(s.head or 0) < limit:
             raise TrainingError(f"steering.head={s.head} is out of range for {site}: {name} has {limit} {kind} "
                                 f"(0..{limit - 1})")
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The lr multiplier of (0-based) ``step`` under transformers' ``constant_with_warmup`` schedule, which the
+    authors use: step / W during the W warmup steps, so the first update has lr 0, then 1.
+
+    Example:
+        >>> [warmup_factor(k, 4) for k in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
 
 
 def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, Any]]:

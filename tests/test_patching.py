@@ -192,3 +192,33 @@ def test_bad_patches_fail_clearly(tiny):
     with pytest.raises(SiteError, match="takes no heads"):
         patch(model, s, 1, "full", heads=0)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+PATCHES = [("full", None), ("skip_attn", None), ("skip_layer", None), ("steer_q", 1), ("steer_k", 0), ("steer_v", 1),
+           ("steer_head", 0), ("skip_head", 1)]
+
+
+@pytest.mark.parametrize("variant,head", PATCHES)
+def test_patches_with_several_samples_per_prompt_match_the_unshared_run(tiny, variant, head):
+    """The paper protocol draws 32 samples per prompt: the HF backend then prefills each prompt once and copies
+    its KV cache to the samples' rows (and the loss pass does the same). Kills a branch patch whose own KV
+    cache does not follow that reorder (steer_head / skip_head crashed, or would mix rows)."""
+    from rlsteer.rl import token_logprobs
+    from rlsteer.rollout import HFBackend, Request, SamplingParams
+
+    model, tok = tiny("qwen2")  # 4 query heads over 2 KV heads
+    patch = {Entry(variant, 2, head): torch.randn(64, generator=torch.Generator().manual_seed(3)) * 4}
+    prompts = [tuple(tok.encode("The sum of 12 and 30 is")), tuple(tok.encode("Hi"))]
+    group = [Request(p, (tok.eos_token_id,), seed=s) for p in prompts for s in range(3)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=5, logprobs=True)
+    shared = HFBackend(model, tok, batch_size=8, progress=False).generate(group, patch, params)
+    unshared = HFBackend(model, tok, batch_size=8, progress=False, share_prompts=False).generate(group, patch, params)
+    assert [r.token_ids for r in shared] == [r.token_ids for r in unshared]
+    for x, y in zip(shared, unshared, strict=True):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+    seqs = [(r.request.prompt_ids, r.token_ids) for r in shared]
+    with torch.no_grad(), steer(model, patch):
+        flat = token_logprobs(model, seqs, pad_id=tok.pad_token_id, share_prompts=False)
+        reused = token_logprobs(model, seqs, pad_id=tok.pad_token_id, share_prompts=True)
+    for x, y in zip(flat, reused, strict=True):
+        torch.testing.assert_close(y, x, atol=2e-5, rtol=1e-5)

@@ -59,6 +59,30 @@ class _BranchCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Follow the model's cache when it picks or repeats rows (``Cache.reorder_cache``): several samples
+        of one prompt start from that prompt's cache."""
+        if self.key is not None and self.value is not None:
+            self.key = self.key.index_select(0, rows.to(self.key.device))
+            self.value = self.value.index_select(0, rows.to(self.value.device))
+
+
+def _follow_reorders(main: Any, branch: _BranchCache) -> None:
+    """Make ``main.reorder_cache(rows)`` reorder ``branch`` too (every branch cache made for this main cache)."""
+    followers: list[_BranchCache] | None = getattr(main, "_rlsteer_branch_caches", None)
+    if followers is None:
+        followers = []
+        reorder = main.reorder_cache
+
+        def reorder_all(rows: torch.Tensor) -> None:
+            reorder(rows)
+            for cache in followers:
+                cache.reorder(rows)
+
+        main.reorder_cache = reorder_all
+        main._rlsteer_branch_caches = followers
+    followers.append(branch)
+
 
 @dataclass
 class _BranchState:
@@ -82,10 +106,11 @@ class _BranchState:
         owner = self.cache_owner() if self.cache_owner is not None else None
         if owner is not main or past == 0 or self.cache is None:
             self.cache_owner, self.cache = weakref.ref(main), _BranchCache()
+            _follow_reorders(main, self.cache)
         if self.cache.length != past:
             raise PatchError(f"head patch at layer {layer}: the model's KV cache holds {past} positions but "
-                             f"the steered branch's holds {self.cache.length}; cache cropping, reordering "
-                             "(beam search) and reuse across prompts are not supported with head patches")
+                             f"the steered branch's holds {self.cache.length}; cache cropping and reuse across "
+                             "prompts are not supported with head patches")
         return self.cache
 
 
