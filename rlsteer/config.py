@@ -106,10 +106,13 @@ class VerifierSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """The frozen model: an alias, hub id, folder or .gguf file (see :func:`rlsteer.load_model`)."""
+    """The frozen model: an alias, hub id, folder or .gguf file (see :func:`rlsteer.load_model`).
+
+    ``dtype`` ``auto`` is the checkpoint's own dtype on a GPU and float32 on a CPU.
+    """
 
     name: str = "smollm2-135m-instruct"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     revision: str | None = None
     trust_remote_code: bool = False
@@ -175,6 +178,8 @@ class RewardSection(VerifierSection):
             models that never box their answers) or ``any`` (Math-Verify's own extraction over the whole
             completion; it evaluates expressions, so restating "2 + 7" counts as 9 — avoid on arithmetic).
         mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
+        normalize_scientific: rewrite e-notation (``4.5e33``) in golds and answers as ``4.5 \\times 10^{33}``
+            before verifying (Math-Verify reads ``e`` as Euler's number); the authors do not.
         timeout_s, workers: the verifier pool (:class:`VerifierSection`).
     """
 
@@ -183,6 +188,7 @@ class RewardSection(VerifierSection):
     values: Literal["pm1", "zero_one"] = "pm1"
     extraction: Literal["boxed", "number", "any"] = "boxed"
     mask_truncated: bool = False
+    normalize_scientific: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,9 +267,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalModelSection(ModelSection):
-    """The model; ``name`` None takes the one the vectors were trained on (else SmolLM2)."""
+    """The model; ``name`` None takes the one the vectors were trained on (else SmolLM2). ``dtype`` defaults to
+    ``auto``: the checkpoint's dtype on a GPU (bf16 for the paper's models, as the authors evaluate), float32
+    on a CPU; protocol.json records the dtype used."""
 
     name: str | None = None  # type: ignore[assignment]
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -309,6 +318,8 @@ class ProtocolSection(SamplingSection):
         limit: evaluate only the first problems of each benchmark (quick runs).
         extraction: ``boxed`` (the last \\boxed{}, the paper), ``number`` (the last number) or ``any``
             (Math-Verify over the whole completion), the latter two for models that never box answers.
+        normalize_scientific: rewrite e-notation (``4.5e33``) before verifying, as ``reward.normalize_scientific``;
+            off by default, as in the authors' scorer (it makes 58 of MinervaMath's 272 golds score leniently).
         pass_k: the k of pass@k (default: 1, 2, 4, … up to n).
     """
 
@@ -318,6 +329,7 @@ class ProtocolSection(SamplingSection):
     limit: int | None = None
     data_dir: str | None = None
     extraction: Literal["boxed", "number", "any"] = "boxed"
+    normalize_scientific: bool = False
     pass_k: tuple[int, ...] = ()
 
     def samples(self, benchmark: str) -> int:

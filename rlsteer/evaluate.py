@@ -90,6 +90,7 @@ class EvalSession:
         self.backend: Backend = make_backend(m, self.cfg.engine, self.model, self.tok, seed=self.cfg.protocol.seeds[0],
                                              max_model_len=self.cfg.protocol.max_total_tokens, progress=False)
         self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values="zero_one")
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")  # model.dtype "auto" resolved
 
     def __enter__(self) -> EvalSession:
         return self
@@ -121,7 +122,7 @@ class EvalSession:
         for target in targets:
             file = files.get(target.vectors) if target.vectors is not None else None
             steering = self._steering(file, cfg)  # checked before the output directory is made
-            protocol = protocol_record(cfg, target, file, specs, benchmarks)
+            protocol = protocol_record(cfg, target, file, specs, benchmarks, dtype=self.dtype)
             prepare_out(target.out, protocol)
             self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
             t0 = time.perf_counter()
@@ -193,7 +194,7 @@ def _score(keys: Sequence[tuple[int, int]], rollouts: Sequence[Rollout], problem
     template, extraction = cfg.target.template, cfg.protocol.extraction
     assert template is not None  # filled by resolve_defaults
     batch: RewardBatch = pool.score([r.text for r in rollouts], [problems[i].answer for i, _ in keys], template,
-                                    extraction)
+                                    extraction, normalize_scientific=cfg.protocol.normalize_scientific)
     return [{"benchmark": bench, "seed": seed, "problem_index": i, "problem_id": problems[i].id, "sample": k,
              "sample_seed": r.request.seed, "prompt": prompts[i].text, "completion": r.text,
              "answer": extract_answer(r.text, template, extraction), "gold": problems[i].answer, "reward": reward,
@@ -231,8 +232,9 @@ def benchmark_specs(benchmarks: Sequence[str]) -> dict[str, str]:
 
 
 def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, specs: dict[str, str],
-                    benchmarks: dict[str, list[Problem]]) -> dict[str, Any]:
-    """Everything that determines the samples (compared on resume) plus versions, for the record."""
+                    benchmarks: dict[str, list[Problem]], *, dtype: str = "float32") -> dict[str, Any]:
+    """Everything that determines the samples (compared on resume) plus versions, for the record; ``dtype``
+    is the dtype the model runs in."""
     data = {bench: {**data_origin(name, cfg.protocol.data_dir), "problems": len(benchmarks[bench])}
             for bench, name in specs.items()}
     settings = to_dict(cfg)
@@ -243,6 +245,7 @@ def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, sp
         "vectors": str(target.vectors) if target.vectors else None,
         "vectors_sha256": file.sha256 if file is not None else None,
         "config": settings,
+        "dtype": dtype,
         "samples_per_problem": {b: cfg.protocol.samples(b) for b in benchmarks},
         "data": data,
         "backend": cfg.engine.backend,
@@ -260,9 +263,10 @@ def _version(package: str) -> str | None:
 def prepare_out(out: Path, protocol: dict[str, Any]) -> None:
     """Create ``out`` with its protocol.json, or check that an existing one (a resume) matches."""
     path = out / "protocol.json"
-    key = {k: protocol[k] for k in ("vectors_sha256", "config", "samples_per_problem")}
+    key = {k: protocol[k] for k in ("vectors_sha256", "config", "samples_per_problem", "dtype")}
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("dtype", "float32")  # written before the dtype was recorded: evaluations ran in float32
         if {k: old.get(k) for k in key} != key:
             raise EvalError(f"{out} holds an evaluation with another protocol or vector; pass another out= or "
                             "delete it")

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -81,13 +81,14 @@ def load_model(
         spec: a built-in alias (see :func:`aliases`; ``tiny-random-llama@seed=3`` picks a tiny model's
             seed, the form its vector files record), a local model folder, a local ``.gguf`` file, or a hub id
             ``owner/name`` (needs network or a populated HF cache).
-        dtype: the weights' dtype (``torch.bfloat16`` or ``"bfloat16"`` …).
+        dtype: the weights' dtype (``torch.bfloat16`` or ``"bfloat16"`` …), or ``"auto"``: the checkpoint's own
+            dtype on a GPU (bf16 for the paper's models, as the authors evaluate), float32 on a CPU.
         device: where to put the model.
         revision: hub revision (branch, tag or commit) for hub ids.
         trust_remote_code: passed to transformers; off unless you ask.
         seed: weights seed for ``tiny-random-*`` aliases (ignored otherwise).
     """
-    dtype = _as_dtype(dtype)
+    dtype = resolve_dtype(dtype, device)
     text, seed = _tiny_seed(os.fspath(spec), seed)
     if text in _TINY:
         model, tok = _tiny_random(text, seed=seed)
@@ -116,7 +117,7 @@ def load_model(
     config.rlsteer_source = source
     if revision is not None:
         config.rlsteer_revision = revision
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=device) if dtype == "auto" else model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     if tok.pad_token is None:
@@ -220,6 +221,19 @@ def identity(name: str, revision: str, config: Any) -> dict[str, str]:
             **{key: str(shape[key]) for key in ("d_model", "n_layers", "n_heads", "n_kv_heads")}}
 
 
+def resolve_dtype(dtype: torch.dtype | str, device: str | torch.device) -> torch.dtype | Literal["auto"]:
+    """The dtype to load weights in: ``"auto"`` stays ``"auto"`` (the checkpoint's dtype) on CUDA and is
+    float32 elsewhere; names become torch dtypes.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu"), resolve_dtype("auto", "cuda:0"), resolve_dtype("bf16", "cpu")
+        (torch.float32, 'auto', torch.bfloat16)
+    """
+    if dtype == "auto":
+        return "auto" if torch.device(device).type == "cuda" else torch.float32
+    return _as_dtype(dtype)
+
+
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -231,7 +245,7 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 
-def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+def _from_folder(folder: Path, *, dtype: torch.dtype | str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     from transformers import AutoTokenizer
 
     from rlsteer.bias_checkpoint import load_pretrained  # keeps a bias checkpoint's down_proj biases (its steering)
@@ -248,7 +262,7 @@ def _from_folder(folder: Path, *, dtype: torch.dtype, trust_remote_code: bool) -
     return model, tok
 
 
-def _from_hub(repo: str, *, dtype: torch.dtype, revision: str | None,
+def _from_hub(repo: str, *, dtype: torch.dtype | str, revision: str | None,
               trust_remote_code: bool) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

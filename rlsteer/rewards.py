@@ -115,7 +115,9 @@ def extract_answer(completion: str, template: str = DEFAULT_TEMPLATE, extraction
 def normalise_gold(answer: str) -> str:
     """Rewrite answers Math-Verify misreads: e-notation ``4.5e33`` becomes ``4.5 \\times 10^{33}``.
 
-    Applied to gold answers and to extracted predictions alike (Math-Verify reads ``e`` as Euler's number).
+    Applied to gold answers and to extracted predictions alike when asked (``normalize_scientific``):
+    Math-Verify reads ``e`` as Euler's number. The authors' scorer does not rewrite, so by default neither
+    does rlsteer (58 of MinervaMath's 272 golds are in e-notation; docs/semantics.md).
     """
     match = _E_NOTATION.match(answer)
     if match:
@@ -136,7 +138,7 @@ def gold_warnings(answer: str) -> list[str]:
     """Known ways a gold answer makes verification unreliable (empty list if none)."""
     parse = math_verify_module().parse
 
-    parsed = parse("\\boxed{" + normalise_gold(answer) + "}", parsing_timeout=None)
+    parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
     if not parsed:
         return ["gold does not parse; only an identical string can match"]
     warnings = []
@@ -159,12 +161,14 @@ class Task:
     gold: str
     template: str = DEFAULT_TEMPLATE
     extraction: Extraction = "boxed"
+    normalize_scientific: bool = False
 
 
 def verify_task(task: Task) -> Status:
     """Check one answer in this process (no timeout of its own)."""
     mv = math_verify_module()
     parse, verify = mv.parse, mv.verify
+    rewrite = normalise_gold if task.normalize_scientific else str
 
     if task.extraction == "any":
         prediction_text = task.completion
@@ -172,9 +176,9 @@ def verify_task(task: Task) -> Status:
         answer = extract_answer(task.completion, task.template, task.extraction)
         if answer is None:
             return "no_answer"
-        prediction_text = "\\boxed{" + normalise_gold(answer) + "}"
+        prediction_text = "\\boxed{" + rewrite(answer) + "}"
     try:
-        gold = parse("\\boxed{" + normalise_gold(task.gold) + "}", parsing_timeout=None)
+        gold = parse("\\boxed{" + rewrite(task.gold) + "}", parsing_timeout=None)
         prediction = parse(prediction_text, parsing_timeout=None)
     except Exception:  # noqa: BLE001 - any parser failure is a wrong answer, as in the reference
         return "parse_error"
@@ -193,9 +197,9 @@ def to_reward(status: Status, values: Literal["pm1", "zero_one"] = "pm1") -> flo
 
 
 def math_reward(completion: str, gold: str, template: str = DEFAULT_TEMPLATE, *, extraction: Extraction = "boxed",
-                values: Literal["pm1", "zero_one"] = "pm1") -> float:
+                values: Literal["pm1", "zero_one"] = "pm1", normalize_scientific: bool = False) -> float:
     """The reward of one completion, verified in this process (use :class:`RewardPool` for batches)."""
-    return to_reward(verify_task(Task(completion, gold, template, extraction)), values)
+    return to_reward(verify_task(Task(completion, gold, template, extraction, normalize_scientific)), values)
 
 
 @dataclass(frozen=True)
@@ -260,11 +264,12 @@ class RewardPool:
         self._procs = []
 
     def score(self, completions: Sequence[str], golds: Sequence[str], template: str = DEFAULT_TEMPLATE,
-              extraction: Extraction = "boxed") -> RewardBatch:
+              extraction: Extraction = "boxed", *, normalize_scientific: bool = False) -> RewardBatch:
         """Rewards for ``completions`` against ``golds`` (same length), in order."""
         if len(completions) != len(golds):
             raise RewardError(f"{len(completions)} completions but {len(golds)} gold answers")
-        tasks = [Task(c, g, template, extraction) for c, g in zip(completions, golds, strict=True)]
+        tasks = [Task(c, g, template, extraction, normalize_scientific)
+                 for c, g in zip(completions, golds, strict=True)]
         if self.workers == 0:
             fn = resolve_function(self.verify)
             statuses: list[Status] = [fn(t) for t in tasks]

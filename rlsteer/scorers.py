@@ -46,7 +46,7 @@ class MathScorer:
 
     def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
         return self.pool.score([r.text for r in rollouts], [p.answer for p in problems], self.cfg.data.template,
-                               self.cfg.reward.extraction)
+                               self.cfg.reward.extraction, normalize_scientific=self.cfg.reward.normalize_scientific)
 
     def close(self) -> None:
         self.pool.close()

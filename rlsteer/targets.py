@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlsteer.config import EvalConfig, read_yaml
 from rlsteer.errors import RlsteerError
-from rlsteer.models import DEFAULT_MODEL
+from rlsteer.models import DEFAULT_MODEL, resolve_dtype
 from rlsteer.rundir import RunDir, RunDirError
 from rlsteer.steering.patching import patch_from
 from rlsteer.steering.sites import Entry, SiteError
@@ -89,8 +90,13 @@ def resolve_defaults(cfg: EvalConfig, targets: Sequence[Target], header: dict[st
     model = cfg.model.name or meta.get("model") or DEFAULT_MODEL
     template = cfg.target.template or meta.get("template") or DEFAULT_TEMPLATE
     prefix = cfg.target.prefix if cfg.target.prefix is not None else meta.get("prefix")
-    return replace(cfg, model=replace(cfg.model, name=model),
+    dtype = resolve_dtype(cfg.model.dtype, cfg.model.device)  # "auto" is float32 off CUDA, the checkpoint's on it
+    return replace(cfg, model=replace(cfg.model, name=model, dtype=dtype if dtype == "auto" else _name(dtype)),
                    target=replace(cfg.target, template=template, prefix=prefix or None))
+
+
+def _name(dtype: torch.dtype) -> Any:
+    return str(dtype).removeprefix("torch.")
 
 
 def steering_for(vectors: SteeringVectors | None,

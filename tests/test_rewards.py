@@ -66,9 +66,13 @@ def test_e_notation_golds():
     assert normalise_gold("4.5e33") == r"4.5 \times 10^{33}"
     assert normalise_gold("-3.83E-5") == r"-3.83 \times 10^{-5}"
     assert normalise_gold("12") == "12"
-    assert math_reward(r"\boxed{4.5 \times 10^{33}}", "4.5e33") == 1.0
+    norm = {"normalize_scientific": True}
+    assert math_reward(r"\boxed{4.5 \times 10^{33}}", "4.5e33", **norm) == 1.0
+    assert math_reward(r"\boxed{4.5e33}", "4.5e33", **norm) == 1.0
+    assert math_reward(r"\boxed{4.6 \times 10^{33}}", "4.5e33", **norm) == -1.0
+    # the authors' scorer (the default) does not rewrite: Math-Verify reads 4.5e33 as 4.5·e^33
+    assert math_reward(r"\boxed{4.5 \times 10^{33}}", "4.5e33") == -1.0
     assert math_reward(r"\boxed{4.5e33}", "4.5e33") == 1.0
-    assert math_reward(r"\boxed{4.6 \times 10^{33}}", "4.5e33") == -1.0
 
 
 def test_degenerate_golds_are_flagged():
