@@ -227,7 +227,8 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
         if args.emit_jobs:
             script = sweep.job_script(list(sweep.layer_configs(train_cfg, layers, root).values()), root)
             return _write_jobs(root, script)
-        sweep.run_layer_sweep(train_cfg, eval_cfg, layers, root, all_layers=args.all_layers)
+        sweep.run_layer_sweep(train_cfg, eval_cfg, layers, root, all_layers=args.all_layers,
+                              checkpoint=args.checkpoint, select=args.select or "best:avg")
         return 0
     if args.layer is None:
         raise RlsteerError("orthogonal mode needs --layer")
@@ -274,7 +275,7 @@ def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[P
              **{f"target.{k}": getattr(args, a, None) for k, a in (
                  ("template", "template"), ("prefix", "prefix"), ("scale", "scale"), ("step", "step"),
                  ("patch", "patch"), ("patch_layer", "layer"), ("patch_head", "head"))},
-             "out": getattr(args, "out", None)}
+             "out": getattr(args, "out", None), "select": getattr(args, "select", None)}
     overrides = [*first, *(f"{k}={v}" for k, v in flags.items() if v is not None),
                  *(i for i in getattr(args, "items", ()) if "=" in i)]
     protocol = Path(args.protocol) if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
@@ -370,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(p)
     p.add_argument("--prefix", help='text after the generation prompt, e.g. "To" (default: the training prefix)')
     p.add_argument("--scale", type=float, help="multiply the vectors by this")
-    p.add_argument("--step", help="for a run directory: latest (default), a checkpoint step, or all")
+    p.add_argument("--step", help="for a run directory: latest (default), a checkpoint step, all, or best (the "
+                                  "checkpoint --select recorded)")
+    p.add_argument("--select", help="with --step all: record the best checkpoint, best:METRIC[@BENCH,…] (e.g. "
+                                    "best:avg, best:headline; the authors select on the test Average)")
     p.add_argument("--patch", help="circuit-patching variant (full, skip_attn, skip_layer, steer_q/k/v, "
                                    "steer_head, skip_head)")
     p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
@@ -453,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "reward.workers/timeout_s to both, the rest to training")
     k.add_argument("--layers", default="all", help="layers mode: comma-separated layers or 'all' (default)")
     k.add_argument("--all-layers", type=Path, help="layers mode: an all-layer run's vector file for the baseline")
+    k.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                   help="layers mode: each run's final vectors, or its best checkpoint by --select after "
+                        "evaluating every checkpoint (the authors' procedure)")
+    k.add_argument("--select", help="layers mode with --checkpoint best: best:METRIC[@BENCH,…] (default best:avg)")
     k.add_argument("--emit-jobs", action="store_true",
                    help="layers/orthogonal: write one resumable 'rlsteer train' line per run to OUT/jobs.sh and stop")
     k.add_argument("--layer", type=int, help="orthogonal mode: the layer")

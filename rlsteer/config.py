@@ -149,6 +149,8 @@ class DataSection:
         data_dir: where registry names are looked up as ``<name>.jsonl`` (also ``$RLSTEER_DATA_DIR``).
         limit: use at most this many problems.
         shuffle_seed: the order of problems (one epoch is a fixed permutation per seed).
+        holdout: keep this many problems (drawn by ``shuffle_seed``) out of training and write them to
+            ``RUN/holdout.jsonl``, a validation split to select checkpoints on (:mod:`rlsteer.selection`).
         template: ``qwen-math``, ``r1``, ``chat`` or ``plain``.
         prefix: text appended right after the generation prompt (the paper's "To"/"Step").
     """
@@ -157,6 +159,7 @@ class DataSection:
     data_dir: str | None = None
     limit: int | None = None
     shuffle_seed: int = 0
+    holdout: int = 0
     template: str = DEFAULT_TEMPLATE
     prefix: str | None = None
 
@@ -281,8 +284,8 @@ class TargetSection:
 
     Attributes:
         vectors: a vector file or a run directory (None: the base model).
-        step: for a run directory, ``latest`` (its vectors.safetensors), a checkpoint step, or ``all``
-            (every checkpoint, each into ``out/step-N``).
+        step: for a run directory, ``latest`` (its vectors.safetensors), a checkpoint step, ``all``
+            (every checkpoint, each into ``out/step-N``) or ``best`` (the checkpoint its selection.json names).
         scale: a multiplier on the vectors.
         prefix: text appended after the generation prompt (the paper's "To"); None takes the vectors'
             training prefix, "" forces none.
@@ -295,7 +298,7 @@ class TargetSection:
     """
 
     vectors: str | None = None
-    step: int | Literal["latest", "all"] = "latest"
+    step: int | Literal["latest", "all", "best"] = "latest"
     scale: float = 1.0
     prefix: str | None = None
     template: str | None = None
@@ -358,6 +361,7 @@ class EvalConfig:
     engine: EngineSection = field(default_factory=EngineSection)
     reward: VerifierSection = field(default_factory=VerifierSection)
     out: str | None = None
+    select: str | None = None  # with target.step=all: "best:METRIC[@BENCH,…]" records the best checkpoint
 
     RENAMED: ClassVar[dict[str, str]] = {"engine.reward_workers": "reward.workers",
                                          "engine.reward_timeout_s": "reward.timeout_s"}

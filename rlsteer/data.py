@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -381,3 +381,24 @@ def _synthetic_options(spec: str) -> dict[str, Any]:
             raise DataError(f"synthetic option {key}={value!r} needs an integer, e.g. "
                             "synthetic-arithmetic:n=200") from None
     return options
+
+
+def split_holdout(problems: Sequence[Problem], count: int, seed: int = 0) -> tuple[list[Problem], list[Problem]]:
+    """``count`` problems drawn by ``seed`` and kept out (a validation split), and the rest in their order.
+
+    Example:
+        >>> train, held = split_holdout(synthetic_arithmetic(n=10), 3)
+        >>> len(train), len(held), set(p.id for p in train) & set(p.id for p in held)
+        (7, 3, set())
+    """
+    if not 0 <= count < len(problems):
+        raise DataError(f"data.holdout={count} must leave training problems: the dataset has {len(problems)}")
+    chosen = set(random.Random(seed * 7_919 + 17).sample(range(len(problems)), count))
+    return ([p for i, p in enumerate(problems) if i not in chosen], [p for i, p in enumerate(problems) if i in chosen])
+
+
+def problems_jsonl(problems: Sequence[Problem]) -> str:
+    """Problems as JSONL lines ``{"id", "problem", "answer"}`` (what :func:`read_problems` reads back)."""
+    return "".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}, ensure_ascii=False) + "\n"
+                   for p in problems)
+

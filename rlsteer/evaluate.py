@@ -43,7 +43,9 @@ from rlsteer.results import csv_table, markdown_table, summarize, write_results
 from rlsteer.rewards import RewardBatch, RewardPool, extract_answer
 from rlsteer.rollout import Backend, Request, Rollout
 from rlsteer.rollout.factory import make_backend
+from rlsteer.rundir import RunDir
 from rlsteer.samples import SAMPLES, append_samples, read_samples, sample_seed, samples_file
+from rlsteer.selection import Rule, select_run
 from rlsteer.steering.patching import PatchError, check_patch_fits
 from rlsteer.steering.vectors import SteeringVectors, VectorFile, open_vector_file
 from rlsteer.targets import Target, TargetError, resolve_defaults, resolve_targets, steering_for
@@ -60,12 +62,28 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = print) -> list[dic
     SIGINT/SIGTERM raise :class:`rlsteer.interrupt.Interrupted` once the samples being written are on disk;
     evaluating the same config again resumes.
     """
+    rule = _selection_rule(cfg)  # checked before anything runs
     try:
         with interruptible(), EvalSession(cfg, log=log) as session:
-            return session.run(cfg)
+            results = session.run(cfg)
     except Interrupted as stop:
         stop.detail = "the finished samples are saved"
         raise
+    if rule is not None:
+        run = RunDir(Path(cfg.target.vectors or ""))
+        chosen = select_run(run, _checked_targets(cfg)[0].out.parent, rule)
+        scores = ", ".join(f"{s}: {v:.4f}" for s, v in chosen.scores.items())
+        log(f"selected step {chosen.step}: {rule.describe()} {chosen.score:.4f} (steps {scores}) → {run.selection}")
+    return results
+
+
+def _selection_rule(cfg: EvalConfig) -> Rule | None:
+    if cfg.select is None:
+        return None
+    if cfg.target.step != "all" or cfg.target.vectors is None or not RunDir(Path(cfg.target.vectors)).is_run():
+        raise EvalError("select= (--select) chooses among a run's checkpoints: evaluate a run directory with "
+                        "--step all")
+    return Rule.parse(cfg.select)
 
 
 class EvalSession:
@@ -238,7 +256,7 @@ def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, sp
     data = {bench: {**data_origin(name, cfg.protocol.data_dir), "problems": len(benchmarks[bench])}
             for bench, name in specs.items()}
     settings = to_dict(cfg)
-    for how in ("engine", "reward"):  # how samples are produced and verified does not change what they are
+    for how in ("engine", "reward", "select"):  # how samples are produced, verified or used does not change them
         settings.pop(how)
     return {
         "target": target.label,

@@ -9,6 +9,8 @@ A training run writes one folder::
       checkpoints/step-N/      state.safetensors + state.json (the trainer's state), vectors.safetensors
       eval/<label>/            evaluations of the run's vectors (protocol.json, samples/, results.*)
       analysis/<kind>/         analyses of its vectors (``<kind>-step-N`` for a checkpoint's)
+      selection.json           the checkpoint chosen among evaluated ones (``--step best``)
+      holdout.jsonl            training problems kept out of training (``data.holdout``)
 
 This module is the one place that spells that layout: everything else asks a :class:`RunDir`.
 
@@ -23,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -38,13 +41,15 @@ VECTORS = "vectors.safetensors"
 CHECKPOINTS = "checkpoints"
 EVAL = "eval"
 ANALYSIS = "analysis"
+SELECTION = "selection.json"  # the checkpoint chosen by rlsteer.selection
+HOLDOUT = "holdout.jsonl"  # training problems kept out of training (data.holdout), for checkpoint selection
 #: the trainer state files of a checkpoint folder (its vectors file is :data:`VECTORS`)
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 
 _STEP = re.compile(r"^step-(\d+)$")
 
-Step = int | Literal["latest", "all"]
+Step = int | Literal["latest", "all", "best"]
 
 
 class RunDirError(RlsteerError):
@@ -101,6 +106,14 @@ class RunDir:
     def analysis_root(self) -> Path:
         return self.path / ANALYSIS
 
+    @property
+    def selection(self) -> Path:
+        return self.path / SELECTION
+
+    @property
+    def holdout(self) -> Path:
+        return self.path / HOLDOUT
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / step_name(step)
 
@@ -141,9 +154,15 @@ class RunDir:
 
     def resolve(self, step: Step = "latest") -> list[tuple[str, Path]]:
         """(label, vector file) pairs for ``step``: ``latest`` (the run's vectors.safetensors), a checkpoint
-        step, or ``all`` (every checkpoint, ascending). A missing one is a :class:`RunDirError`."""
+        step, ``all`` (every checkpoint, ascending) or ``best`` (the one ``selection.json`` names). A missing
+        one is a :class:`RunDirError`."""
         if not self.is_run():
             raise RunDirError(f"{self.path} is not a run directory (no {CONFIG})")
+        if step == "best":
+            if not self.selection.is_file():
+                raise RunDirError(f"run {self.path} has no {SELECTION}: choose a checkpoint first with rlsteer eval "
+                                  f"{self.path} --step all --select best:avg")
+            step = int(json.loads(self.selection.read_text())["selected_step"])
         if step == "latest":
             if not self.vectors.is_file():
                 raise RunDirError(f"run {self.path} has no {VECTORS} yet; wait for its first checkpoint")

@@ -35,7 +35,7 @@ from torch import nn
 from rlsteer.architectures import architecture_of
 from rlsteer.checkpoint import Snapshot, load_checkpoint, save_checkpoint
 from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
-from rlsteer.data import Problem, load_problems
+from rlsteer.data import Problem, load_problems, problems_jsonl, split_holdout
 from rlsteer.distributed import (
     SINGLE,
     World,
@@ -99,6 +99,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=world.device(cfg.model.device),
                             revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
+    problems, held_out = split_holdout(problems, cfg.data.holdout, cfg.data.shuffle_seed)
     if len(problems) < cfg.rl.prompts_per_step:
         raise TrainingError(f"the dataset has {len(problems)} problems, fewer than rl.prompts_per_step="
                             f"{cfg.rl.prompts_per_step}; lower it or use more data")
@@ -108,6 +109,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     # the run directory appears only once the model, data and steering config have been checked, so bad
     # input leaves no half-made run behind (which would then ask for --resume)
     run = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
+    if held_out and world.is_main:  # the validation split, for checkpoint selection (rlsteer.selection)
+        write_atomically(run.holdout, problems_jsonl(held_out))
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=0.0)
     start = 0

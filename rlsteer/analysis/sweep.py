@@ -82,11 +82,11 @@ def train_all(configs: Sequence[TrainConfig], log: Callable[[str], None] = print
         train(cfg, resume=True, log=lambda line: log("    " + line))
 
 
-def stack_vectors(run_dirs: dict[int, Path], out: Path) -> Path:
-    """One file with each run's ``resid_post`` vector at its layer (the authors' merged matrix)."""
+def stack_vectors(files: dict[int, Path], out: Path) -> Path:
+    """One file with each layer's ``resid_post`` vector from its run's vector file (the authors' merged matrix)."""
     stacked: SteeringVectors | None = None
-    for ell, run_dir in sorted(run_dirs.items()):
-        single = SteeringVectors.load(RunDir(run_dir).vectors)
+    for ell, file in sorted(files.items()):
+        single = SteeringVectors.load(file)
         if stacked is None:
             stacked = SteeringVectors(single.d_model, metadata={**single.metadata, "stacked_from": str(out.parent)})
         stacked.add(Entry("resid_post", ell), single.vector(Entry("resid_post", ell)).detach(), trainable=False)
@@ -117,16 +117,24 @@ def _item_config(cfg: EvalConfig, label: str, vectors: Path | None, scale: float
 
 
 def run_layer_sweep(train_cfg: TrainConfig, eval_cfg: EvalConfig, layers: Sequence[int], root: Path, *,
-                    all_layers: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Train (or resume) every single-layer run, stack them, evaluate, tabulate and plot (Fig. 1)."""
+                    all_layers: Path | None = None, checkpoint: str = "final", select: str = "best:avg",
+                    log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) every single-layer run, stack them, evaluate, tabulate and plot (Fig. 1).
+
+    ``checkpoint`` ``final`` takes each run's last vectors; ``best`` first evaluates every checkpoint of each
+    run with ``eval_cfg`` and takes the one ``select`` prefers (the authors' procedure, see
+    :mod:`rlsteer.selection`), recorded in each run's selection.json.
+    """
+    if checkpoint not in ("final", "best"):
+        raise ValueError(f"checkpoint must be final or best, not {checkpoint!r}")
     configs = layer_configs(train_cfg, layers, root)
     train_all(list(configs.values()), log)
-    stacked = stack_vectors({ell: c.run.path for ell, c in configs.items()}, root / "stacked.safetensors")
     model = eval_cfg.model.name or train_cfg.model.name
     template = eval_cfg.target.template or train_cfg.data.template
     cfg = replace(eval_cfg, model=replace(eval_cfg.model, name=model), target=TargetSection(template=template))
-    items: list[tuple[str, Path | None, float]] = [
-        (f"layer-{ell}", RunDir(c.run.path).vectors, 1.0) for ell, c in configs.items()]
+    files = {ell: chosen_vectors(RunDir(c.run.path), cfg, checkpoint, select, log) for ell, c in configs.items()}
+    stacked = stack_vectors(files, root / "stacked.safetensors")
+    items: list[tuple[str, Path | None, float]] = [(f"layer-{ell}", file, 1.0) for ell, file in files.items()]
     if all_layers is not None:
         items.append(("all-layers", all_layers, 1.0))
     rows = evaluate_series(cfg, [("base", None, 1.0), *items], root, log=log)
@@ -139,6 +147,19 @@ def run_layer_sweep(train_cfg: TrainConfig, eval_cfg: EvalConfig, layers: Sequen
     figures = plot_layers(rows, root)
     log(f"stacked vectors: {stacked}; → {root} ({', '.join(p.name for p in figures)})")
     return root
+
+
+def chosen_vectors(run: RunDir, cfg: EvalConfig, checkpoint: str, select: str,
+                   log: Callable[[str], None] = print) -> Path:
+    """A run's final vector file, or (``best``) the checkpoint ``select`` picks among all evaluated ones."""
+    if checkpoint == "final":
+        return run.vectors
+    from rlsteer.evaluate import evaluate
+
+    evaluate(replace(cfg, target=replace(cfg.target, vectors=str(run.path), step="all"), select=select, out=None),
+             log=log)
+    [(_, file)] = run.resolve("best")
+    return file
 
 
 def plot_layers(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
