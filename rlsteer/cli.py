@@ -184,7 +184,8 @@ def _analyze_transfer(args: argparse.Namespace) -> int:
     config_keys = ("protocol.", "engine.", "model.", "target.", "reward.")
     args.items = [*args.items, *(x for x in args.parties if x.startswith(config_keys))]
     _, cfg = _eval_config(args)
-    run_transfer(cfg, [x for x in args.parties if not x.startswith(config_keys)], out=args.out)
+    run_transfer(cfg, [x for x in args.parties if not x.startswith(config_keys)], out=args.out,
+                 overrides=[x for x in args.overrides if x.startswith("protocol.")])
     return 0
 
 
@@ -279,6 +280,7 @@ def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[P
     overrides = [*first, *(f"{k}={v}" for k, v in flags.items() if v is not None),
                  *(i for i in getattr(args, "items", ()) if "=" in i)]
     protocol = Path(args.protocol) if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
+    args.overrides = overrides  # e.g. for a transfer recipient's own protocol
     return protocol, load_config(EvalConfig, protocol, overrides)
 
 
@@ -297,7 +299,7 @@ def _analyze_token_shift(args: argparse.Namespace) -> int:
     prompts = args.prompts or (1000 if args.device.startswith("cuda") else 32)
     run_token_shift(args.vectors, dataset=args.dataset, data_dir=args.data_dir, prompts=prompts,
                     template=args.template, model_spec=args.model, highlight=args.highlight, cfg=cfg, out=args.out,
-                    device=args.device)
+                    device=args.device, patch=args.patch, patch_layer=args.layer)
     return 0
 
 
@@ -405,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-new-tokens", type=int, default=1024)
     k.add_argument("--temperature", type=float, default=1.0)
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--patch", help="apply one vector as this circuit patch of the block it feeds, e.g. skip_attn "
+                                   "(Fig. 6: s26 in its post-attention placement); output in token-shift-<patch>")
+    k.add_argument("--layer", type=int, help="with --patch: the vector's layer when the file has several")
     k.set_defaults(run=_analyze_token_shift)
 
     k = kinds.add_parser("prefix", help="base vs base + prefix token vs steered, greedy and sampled (paper Fig. 4 "
@@ -427,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(run=_analyze_patching)
 
     k = kinds.add_parser("transfer", help="donor × recipient matrix of vectors moved between models (paper Table 1)")
-    k.add_argument("parties", nargs="+", metavar="[MODEL=]VECTORS",
-                   help="each model's own vector file (its model is read from the file unless given)")
+    k.add_argument("parties", nargs="+", metavar="[MODEL=]VECTORS[,template=T][,protocol=P]",
+                   help="each model's own vector file (its model is read from the file unless given), with "
+                        "optionally its own template and evaluation protocol (e.g. ,protocol=paper-32k)")
     _protocol_flags(k)
     k.add_argument("--out", default="analysis/transfer", help="output folder (default: analysis/transfer)")
     k.set_defaults(run=_analyze_transfer, items=[])

@@ -57,3 +57,28 @@ def test_cli_builds_the_matrix_on_two_tiny_models(tmp_path, capsys):
     protocol = json.loads((out / "tiny-random-mistral" / "base" / "protocol.json").read_text())
     assert protocol["config"]["model"]["name"] == "tiny-random-mistral"
     assert "Normalised gain" in capsys.readouterr().out
+
+
+def test_each_recipient_keeps_its_own_template_and_protocol(tmp_path):
+    """Table 1 evaluates Qwen2.5-7B with a 32K budget beside Qwen2.5-Math-7B with 4K, and both Llama models with
+    the R1 template: a recipient's ,template= and ,protocol= reach its evaluations and no one else's."""
+    llama = save(tmp_path, "llama", "tiny-random-llama", seed=0)
+    mistral = save(tmp_path, "mistral", "tiny-random-mistral", seed=1)
+    bench = toy_benchmark(tmp_path / "toy.jsonl", 2)
+    own = tmp_path / "long.yaml"
+    own.write_text(f"protocol:\n  benchmarks: [{bench}]\n  temperature: 0\n  max_new_tokens: 5\n  "
+                   "max_total_tokens: null\n")
+    out = tmp_path / "transfer"
+    assert main(["analyze", "transfer", str(llama), f"{mistral},template=plain,protocol={own}", "--benchmarks",
+                 str(bench), "--seeds", "0", "--out", str(out), "protocol.max_new_tokens=3",
+                 "protocol.temperature=0", "reward.workers=0"]) == 0
+
+    def config(recipient, donor):
+        return json.loads((out / recipient / donor / "protocol.json").read_text())["config"]
+
+    for donor in ("base", "from-tiny-random-llama"):
+        assert config("tiny-random-mistral", donor)["target"]["template"] == "plain"
+        assert config("tiny-random-mistral", donor)["protocol"]["max_new_tokens"] == 3  # the override still applies
+        assert config("tiny-random-mistral", donor)["protocol"]["max_total_tokens"] is None  # from its own protocol
+        common = config("tiny-random-llama", donor.replace("llama", "mistral"))
+        assert common["protocol"]["max_total_tokens"] is not None and common["target"]["template"] != "plain"

@@ -42,6 +42,8 @@ from rlsteer.errors import RlsteerError
 from rlsteer.io import write_atomically
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
+from rlsteer.steering.patching import PatchError, check_patch_fits, patch_from
+from rlsteer.steering.sites import SiteError
 
 
 @dataclass(frozen=True)
@@ -220,16 +222,30 @@ def case_study_html(records: Sequence[dict[str, Any]], *, sequences: int = 5, ti
 def run_token_shift(vectors_path: str | Path, *, dataset: str = "math_train", data_dir: str | None = None,
                     prompts: int = 32, template: str | None = None, model_spec: str | None = None,
                     highlight: str | None = None, cfg: ShiftConfig = ShiftConfig(), out: str | Path | None = None,
-                    device: str = "cpu", log: Callable[[str], None] = print) -> Path:
-    """``rlsteer analyze token-shift``: records, token groups, first-position table, box plots, HTML case study."""
+                    device: str = "cpu", patch: str | None = None, patch_layer: int | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """``rlsteer analyze token-shift``: records, token groups, first-position table, box plots, HTML case study.
+
+    ``patch`` applies one vector of the file as a circuit patch of the block it feeds instead of the vectors
+    themselves (:func:`rlsteer.steering.patching.patch_from`; ``patch_layer`` picks the vector): the paper's
+    Fig. 6 is the penultimate vector s26 in its post-attention placement, ``patch="skip_attn"``, against the
+    base model. Its output goes to ``analysis/token-shift-<patch>``.
+    """
     path = Path(vectors_path)
-    model, tok, vectors, meta = load_with_vectors(path, model_spec, device)
+    model, tok, loaded, meta = load_with_vectors(path, model_spec, device)
+    vectors: Any = loaded
+    if patch is not None:
+        try:
+            vectors = patch_from(loaded, patch, layer=patch_layer)
+            check_patch_fits(vectors, model)
+        except (SiteError, PatchError) as err:
+            raise RlsteerError(f"--patch: {err}") from None
     built = analysis_prompts(dataset, prompts, tok, template or meta.get("template"), data_dir=data_dir,
                              prefix=meta.get("prefix"))
     records, kept = token_shifts(model, tok, vectors, built, cfg, track=(highlight,) if highlight else ())
     if not records:
         raise RlsteerError(f"none of the {len(built)} completions ended with a stop token; raise max_new_tokens")
-    folder = analysis_dir(path, "token-shift", out)
+    folder = analysis_dir(path, "token-shift" if patch is None else f"token-shift-{patch}", out)
     write_records(folder / "positions", records)
     groups = group_by_token(records)
     write_records(folder / "tokens", [{k: v for k, v in g.items() if k != "values"} for g in groups])
@@ -239,7 +255,8 @@ def run_token_shift(vectors_path: str | Path, *, dataset: str = "math_train", da
     write_atomically(folder / "case_study.html", case_study_html(records, title=f"Δp case study: {path.name}"))
     write_atomically(folder / "summary.json", json.dumps({"prompts": len(built), "kept": len(kept),
                                                           "positions": len(records), "temperature": cfg.temperature,
-                                                          "dataset": dataset}, indent=1))
+                                                          "dataset": dataset, "patch": patch,
+                                                          "patch_layer": patch_layer}, indent=1))
     log(f"{len(kept)} of {len(built)} completions ended with a stop token; {len(records)} positions")
     log("top promoted tokens by maximum Δp: " + ", ".join(f"{g['token']!r} {g['max']:+.3f} (n={g['count']})"
                                                           for g in groups[:10]))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsteer.analysis.output import save_figure, write_records
-from rlsteer.config import EvalConfig, TargetSection
+from rlsteer.config import EvalConfig, TargetSection, load_config, preset_path
 from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
@@ -45,11 +45,21 @@ class Party:
     template: str
     d_model: int
     n_layers: int | None  # None when the file does not record it
+    protocol: str | None = None  # the recipient's own evaluation protocol (preset or file); None: the common one
 
     @classmethod
     def parse(cls, spec: str) -> Party:
-        """``VECTORS`` (the model recorded in the file) or ``MODEL=VECTORS``."""
-        model, sep, file = spec.rpartition("=")
+        """``VECTORS`` (the model recorded in the file) or ``MODEL=VECTORS``, optionally followed by
+        ``,template=NAME`` (the recipient's template; default: the one its vectors were trained with) and
+        ``,protocol=PRESET`` (its own protocol, e.g. ``paper-32k`` for Qwen2.5-7B beside ``paper`` for
+        Qwen2.5-Math-7B).
+
+        Example:
+            >>> Party.split("Qwen/Qwen2.5-7B=runs/q/vectors.safetensors,protocol=paper-32k,template=r1")
+            ('Qwen/Qwen2.5-7B=runs/q/vectors.safetensors', {'protocol': 'paper-32k', 'template': 'r1'})
+        """
+        head, options = cls.split(spec)
+        model, sep, file = head.rpartition("=")
         path = Path(file)
         _, meta = read_vector_file(path)
         model = model if sep else meta.get("model", "")
@@ -57,7 +67,21 @@ class Party:
             raise TransferError(f"{path} records no model; pass MODEL={path}")
         n_layers = int(meta["n_layers"]) if meta.get("n_layers") else None
         return cls(name=model.rstrip("/").rsplit("/", 1)[-1], model=model, vectors=path,
-                   template=meta.get("template", DEFAULT_TEMPLATE), d_model=int(meta["d_model"]), n_layers=n_layers)
+                   template=options.get("template") or meta.get("template", DEFAULT_TEMPLATE),
+                   d_model=int(meta["d_model"]), n_layers=n_layers, protocol=options.get("protocol"))
+
+    @staticmethod
+    def split(spec: str) -> tuple[str, dict[str, str]]:
+        """``[MODEL=]VECTORS`` and the ``,key=value`` options after it (template, protocol)."""
+        head, *rest = spec.split(",")
+        options = {}
+        for item in rest:
+            key, sep, value = item.partition("=")
+            if key not in ("template", "protocol") or not sep or not value:
+                raise TransferError(f"{spec!r}: after the vectors come ,template=NAME and ,protocol=PRESET only; "
+                                    f"got {item!r}")
+            options[key] = value
+        return head, options
 
 
 def normalised_gain(*, transfer: float, base: float, own: float) -> float:
@@ -73,17 +97,29 @@ def check_compatible(parties: Sequence[Party]) -> None:
         raise TransferError(f"vectors transfer layer for layer between models of one depth and width; got {listing}")
 
 
-def transfer_config(cfg: EvalConfig, recipient: Party, donor: Party | None, out: Path) -> EvalConfig:
-    """R without vectors (donor None) or R with the donor's vectors, with R's template."""
+def transfer_config(cfg: EvalConfig, recipient: Party, donor: Party | None, out: Path,
+                    overrides: Sequence[str] = ()) -> EvalConfig:
+    """R without vectors (donor None) or R with the donor's vectors, with R's template and, when it has one,
+    R's own protocol (``overrides``, e.g. ``protocol.limit=8``, apply to it too)."""
     target = TargetSection(vectors=None if donor is None else str(donor.vectors), prefix="",
                            template=recipient.template)
     folder = out / recipient.name / ("base" if donor is None else f"from-{donor.name}")
-    return replace(cfg, model=replace(cfg.model, name=recipient.model), target=target, out=str(folder))
+    protocol = cfg.protocol
+    if recipient.protocol is not None:
+        file = Path(recipient.protocol)
+        source = file if file.is_file() else preset_path(f"eval/{recipient.protocol}")
+        protocol = load_config(EvalConfig, source, [o for o in overrides if o.startswith("protocol.")]).protocol
+    return replace(cfg, model=replace(cfg.model, name=recipient.model), target=target, protocol=protocol,
+                   out=str(folder))
 
 
 def run_transfer(cfg: EvalConfig, specs: Sequence[str], *, out: str | Path = "analysis/transfer",
-                 log: Callable[[str], None] = print) -> Path:
-    """``rlsteer analyze transfer``: the donor × recipient matrix, raw and normalised, table and heatmap."""
+                 overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> Path:
+    """``rlsteer analyze transfer``: the donor × recipient matrix, raw and normalised, table and heatmap.
+
+    Each recipient runs with its own template and, where its spec names one, its own protocol (the paper:
+    Qwen2.5-7B with a 32K budget, Qwen2.5-Math-7B with 4K; both Llama models with the R1 template).
+    """
     parties = [Party.parse(s) for s in specs]
     if len({p.name for p in parties}) != len(parties):
         raise TransferError("two parties share a model name; pass MODEL=VECTORS with distinct model specs")
@@ -91,9 +127,9 @@ def run_transfer(cfg: EvalConfig, specs: Sequence[str], *, out: str | Path = "an
     folder = Path(out)
     rows = []
     for r in parties:
-        with EvalSession(transfer_config(cfg, r, None, folder), log=log) as session:
+        with EvalSession(transfer_config(cfg, r, None, folder, overrides), log=log) as session:
             for d in (None, *parties):
-                result = session.run(transfer_config(cfg, r, d, folder))[0]
+                result = session.run(transfer_config(cfg, r, d, folder, overrides))[0]
                 means = [b["avg"]["mean"] for b in result["benchmarks"].values()]
                 stds = [b["avg"]["std"] for b in result["benchmarks"].values()]
                 rows.append({"recipient": r.name, "donor": "—" if d is None else d.name,
