@@ -14,13 +14,15 @@ from rlsteer.steering.vectors import SteeringVectors, read_vector_file
 from rlsteer.templates import DEFAULT_TEMPLATE
 
 
-def load_with_vectors(path: str | Path, model_spec: str | None = None,
-                      device: str = "cpu") -> tuple[Any, Any, SteeringVectors, dict[str, str]]:
-    """(model, tokenizer, vectors, file metadata); the model is the one the file records unless given."""
+def load_with_vectors(path: str | Path, model_spec: str | None = None, device: str = "cpu",
+                      dtype: str = "auto") -> tuple[Any, Any, SteeringVectors, dict[str, str]]:
+    """(model, tokenizer, vectors, file metadata); the model is the one the file records unless given, in
+    ``dtype`` (``auto``: the checkpoint's on a GPU, bf16 for the paper's models as in the authors' analyses;
+    float32 on a CPU)."""
     from rlsteer.models import DEFAULT_MODEL, load_model
 
     meta = read_vector_file(path)[1]
-    model, tok = load_model(model_spec or meta.get("model") or DEFAULT_MODEL, device=device)
+    model, tok = load_model(model_spec or meta.get("model") or DEFAULT_MODEL, device=device, dtype=dtype)
     return model, tok, SteeringVectors.load(path, model), meta
 
 
