@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -123,7 +124,7 @@ def _server(state: Any, sock: socket.socket) -> Any:
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Serve until SIGINT/SIGTERM; prints the address and the model names first."""
+    """Serve until SIGINT/SIGTERM (then return normally); prints the address and the model names first."""
     _require_extra()
     sock = bind(cfg.host, cfg.port)  # before the model loads: a taken port fails at once
     state = build_state(cfg)
@@ -132,12 +133,19 @@ def serve(cfg: ServeConfig) -> None:
     print(f"rlsteer serve: {state.base} on {cfg.backend}, models: {', '.join(m.name for m in state.models)}\n"
           f"listening on {url} (OpenAI API: /models, /completions, /chat/completions; Ctrl-C stops)", flush=True)
     server = _server(state, sock)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handlers it found:
+    # these record it, so that a server stopped on request ends normally (status 0) with one line
+    caught: list[str] = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda number, frame: caught.append(signal.Signals(number).name)) for s in stops}
     try:
         server.run(sockets=[sock])
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         state.engine.close()
         sock.close()
-        print("rlsteer serve: stopped", file=sys.stderr)
+    print(f"rlsteer serve: stopped{f' by {caught[0]}' if caught else ''}", file=sys.stderr)
 
 
 class ServerThread:
