@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlsteer.errors import RlsteerError
 from rlsteer.interrupt import Interrupted
@@ -308,7 +308,9 @@ def _generate(args: argparse.Namespace) -> int:
     from rlsteer.generate import GenerateConfig, format_comparisons, generate, read_prompts, to_json
 
     prompts = [*args.prompts, *(read_prompts(args.prompts_file) if args.prompts_file else [])]
-    step = int(args.step) if args.step and args.step.isdigit() else args.step or "latest"
+    if args.step not in (None, "latest") and not str(args.step).isdigit():
+        raise RlsteerError(f"--step {args.step!r}: give latest or a checkpoint step number")
+    step: int | Literal["latest"] = int(args.step) if args.step and args.step.isdigit() else "latest"
     cfg = GenerateConfig(target=str(args.target), prompts=tuple(prompts), scales=tuple(args.scale or (1.0,)),
                          step=step, template=args.template, prefix=args.prefix, patch=args.patch,
                          patch_layer=args.layer, patch_head=args.head, model=args.model, device=args.device,

@@ -21,10 +21,16 @@ from typing import Any, Literal
 
 from rlsteer.config import EngineSection, EvalConfig, EvalModelSection, ProtocolSection, TargetSection
 from rlsteer.errors import RlsteerError
-from rlsteer.evaluate import (Target, check_patch_fits, make_eval_backend, resolve_defaults, resolve_targets,
-                              steering_for)
+from rlsteer.evaluate import (
+    Target,
+    check_patch_fits,
+    make_eval_backend,
+    resolve_defaults,
+    resolve_targets,
+    steering_for,
+)
 from rlsteer.models import DEFAULT_MODEL, load_model
-from rlsteer.rollout import Request, SamplingParams
+from rlsteer.rollout import Request, Rollout, SamplingParams
 from rlsteer.steering.vectors import SteeringVectors
 from rlsteer.templates import build_prompt
 
@@ -131,13 +137,15 @@ def generate(cfg: GenerateConfig) -> list[Comparison]:
     requests = [Request(p.ids, p.stop_ids, seed=cfg.seed) for p in prompts]
     steerings = []
     for scale in cfg.scales:  # every scale's steering is checked before anything is sampled
-        steering = steering_for(SteeringVectors.load(target.vectors, model), replace(ecfg, target=replace(t, scale=scale)))
+        scaled = replace(ecfg, target=replace(t, scale=scale))
+        steering = steering_for(SteeringVectors.load(target.vectors, model), scaled)
         if isinstance(steering, dict):
             check_patch_fits(steering, model)
         steerings.append(steering)
     backend = make_eval_backend(ecfg, model, tok)
     try:
-        rows = [("base", None, backend.generate(requests, None, sampling))]
+        rows: list[tuple[str, float | None, list[Rollout]]] = [
+            ("base", None, backend.generate(requests, None, sampling))]
         rows += [(f"×{scale:g}", scale, backend.generate(requests, steering, sampling))
                  for scale, steering in zip(cfg.scales, steerings, strict=True)]
     finally:
@@ -196,8 +204,8 @@ def format_comparisons(comparisons: list[Comparison], width: int = 100) -> str:
         >>> row = Completion("base", None, "4.\\nDone", "stop", 3)
         >>> print(format_comparisons([Comparison("2 + 2?", "2 + 2?", (row,))]))
         ── 1. 2 + 2?
-        base  │ 4.
-              │ Done
+        base │ 4.
+             │ Done
     """
     blocks = []
     for n, c in enumerate(comparisons, 1):

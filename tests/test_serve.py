@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 from rlsteer.generate import GenerateConfig, generate  # noqa: E402
 from rlsteer.rollout import HFBackend, Request, SamplingParams  # noqa: E402
 from rlsteer.serve import ServeConfig, ServerThread, build_state  # noqa: E402
-from rlsteer.steering import SteeringVectors, steer  # noqa: E402
+from rlsteer.steering import SteeringVectors  # noqa: E402
 from rlsteer.templates import build_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

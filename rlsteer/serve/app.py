@@ -30,8 +30,14 @@ from starlette.exceptions import HTTPException
 
 from rlsteer.serve.catalog import ServedModel
 from rlsteer.serve.engine import Engine, Job, Result, wall_clock
-from rlsteer.serve.schemas import (APIError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                   TokenizeRequest, error_body)
+from rlsteer.serve.schemas import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    error_body,
+)
 from rlsteer.templates import TemplateError, build_chat_prompt, build_prompt, stop_tokens_for
 
 

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import queue
 import threading
@@ -231,10 +232,8 @@ class Engine:
 
     def _send(self, job: Job, kind: str, value: Any) -> None:
         if job._loop is not None and job._events is not None and not job._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (server shutting down)
                 job._loop.call_soon_threadsafe(job._events.put_nowait, (job.index, kind, value))
-            except RuntimeError:  # the loop closed meanwhile (server shutting down)
-                pass
 
 
 def _groups(jobs: list[Job], size: int) -> list[list[Job]]:
