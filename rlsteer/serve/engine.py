@@ -94,12 +94,15 @@ class Engine:
         backend: an HF or vLLM rollout backend (``generate(requests, steering, sampling)``).
         tokenizer: decodes the completions.
         max_batch: jobs per ``generate`` call at most.
+        gather_s: after the first job arrives at an idle engine, wait this long for others to share its batch
+            (clients that send "at the same time" reach the server a few milliseconds apart).
     """
 
-    def __init__(self, backend: Any, tokenizer: Any, *, max_batch: int = 64) -> None:
+    def __init__(self, backend: Any, tokenizer: Any, *, max_batch: int = 64, gather_s: float = 0.01) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.gather_s = gather_s
         self.streams = isinstance(backend, HFBackend)
         self.batches: deque[int] = deque(maxlen=10_000)  # sizes of the batches decoded, for tests and stats
         self.finished: deque[tuple[int, Finish, int]] = deque(maxlen=10_000)  # (job id, finish, tokens)
@@ -141,9 +144,11 @@ class Engine:
             if first is None:
                 return
             waiting = [first]
-            while True:  # everything that arrived while the last batch decoded
+            deadline = time.monotonic() + self.gather_s
+            while len(waiting) < self.max_batch:  # what arrived while the last batch decoded, or arrives now
+                remaining = deadline - time.monotonic()
                 try:
-                    job = self._queue.get_nowait()
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
