@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlsteer-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-vllm demo test test-slow test-vllm lint clean-venv
+.PHONY: install install-vllm demo test test-slow test-vllm test-clients lint clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# lm-evaluation-harness (heavy: datasets, pandas, scikit-learn, …) against rlsteer serve
+test-clients: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[serve,lmeval]"
+	$(BIN)/python -m pytest -m slow tests/test_serve_clients.py
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm.py

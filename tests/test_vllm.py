@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -219,3 +220,50 @@ def test_two_ranks_with_their_own_engines_match_one_process(one_rank_run, tmp_pa
     for a, b in zip(one, two, strict=True):  # each rank sampled its half with the same per-request seeds
         assert a["reward_mean"] == b["reward_mean"] and a["len_mean"] == b["len_mean"]
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_rlsteer_serve_on_vllm_answers_like_the_hf_backend(tmp_path):
+    """``rlsteer serve --backend vllm``: greedy completions over HTTP equal the HF backend's (steered and
+    base), a stream carries the same text, and concurrent sampled requests each get their own answer."""
+    import asyncio
+
+    import httpx
+
+    from rlsteer.serve import ServeConfig, ServerThread, build_state
+
+    file = tmp_path / "vectors.safetensors"
+    random_vectors().save(file, model=MODEL)
+    proc = subprocess.Popen([sys.executable, "-m", "rlsteer.cli", "serve", f"steer={file}", "--backend", "vllm",
+                             "--port", "0", "--max-model-len", "512", "--gpu-memory-utilization", str(MEMORY)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        url = None
+        while url is None and proc.poll() is None:
+            line = proc.stdout.readline()
+            if line.startswith("listening on "):
+                url = line.split()[2]
+        assert url, proc.stderr.read()[-3000:]
+        bodies = [{"model": model, "prompt": q, "max_tokens": 12, "temperature": 0}
+                  for model in ("steer", MODEL) for q in QUESTIONS]
+        served = [httpx.post(f"{url}/completions", json=b, timeout=300).json() for b in bodies]
+        stream = httpx.post(f"{url}/completions", json={**bodies[0], "stream": True}, timeout=300).text
+        sampled = [{"model": "steer", "prompt": q, "max_tokens": 8, "temperature": 1.0, "seed": 7 + i}
+                   for i, q in enumerate(QUESTIONS * 2)]
+
+        async def together():
+            async with httpx.AsyncClient(timeout=300) as http:
+                return await asyncio.gather(*(http.post(f"{url}/completions", json=b) for b in sampled))
+
+        alone = [httpx.post(f"{url}/completions", json=b, timeout=300).json()["choices"][0]["text"] for b in sampled]
+        concurrent = [r.json()["choices"][0]["text"] for r in asyncio.run(together())]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+    with ServerThread(build_state(ServeConfig(targets=(f"steer={file}",), max_model_len=512))) as hf_url:
+        reference = [httpx.post(f"{hf_url}/completions", json=b, timeout=300).json() for b in bodies]
+    assert [r["choices"][0]["text"] for r in served] == [r["choices"][0]["text"] for r in reference]
+    assert served[0]["choices"][0]["text"] != served[len(QUESTIONS)]["choices"][0]["text"]  # steered ≠ base
+    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == served[0]["choices"][0]["text"]
+    assert concurrent == alone

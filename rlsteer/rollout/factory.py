@@ -25,15 +25,15 @@ from rlsteer.rollout.base import Backend
 from rlsteer.rollout.hf import HFBackend
 
 
-def make_backend(model_cfg: ModelSection, engine: BackendSection, model: nn.Module, tokenizer: Any, *,
+def make_backend(model_cfg: ModelSection, engine: BackendSection, model: nn.Module | None, tokenizer: Any, *,
                  seed: int = 0, max_model_len: int | None = None, share_prompts: bool = True,
                  progress: bool | None = None, world: World = SINGLE) -> Backend:
     """The backend ``engine.backend`` names for the model ``model_cfg`` describes.
 
     ``hf`` samples with ``model`` itself (already loaded, on its device); ``vllm`` starts an engine on the
-    same weights (:func:`rlsteer.models.model_folder`), seeded with ``seed`` and limited to ``max_model_len``
-    tokens. ``share_prompts`` is the HF backend's prefill sharing; ``progress`` shows a progress bar (None:
-    only on a terminal).
+    same weights (:func:`rlsteer.models.model_folder`; ``model`` may then be None), seeded with ``seed`` and
+    limited to ``max_model_len`` tokens. ``share_prompts`` is the HF backend's prefill sharing; ``progress``
+    shows a progress bar (None: only on a terminal).
     """
     if engine.backend == "vllm":
         from rlsteer.models import model_folder
@@ -44,4 +44,6 @@ def make_backend(model_cfg: ModelSection, engine: BackendSection, model: nn.Modu
                            gpu_memory_utilization=engine.vllm_gpu_memory_utilization,
                            enforce_eager=engine.vllm_enforce_eager, revision=model_cfg.revision, world=world,
                            progress=progress)
+    if model is None:
+        raise ValueError("the hf backend samples with a loaded model; pass it")
     return HFBackend(model, tokenizer, batch_size=engine.batch_size, progress=progress, share_prompts=share_prompts)

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -23,9 +23,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlsteer.batching import left_pad, new_cache, positions
-from rlsteer.rollout.base import Request, Rollout, SamplingParams
+from rlsteer.rollout.base import FinishReason, Request, Rollout, SamplingParams
 from rlsteer.rollout.sampling import next_tokens
 from rlsteer.steering.hooks import steer
+
+#: ``on_token(request_index, token_id)`` after each sampled token; "stop" or "length" ends that request there
+TokenCallback = Callable[[int, int], FinishReason | None]
 
 
 class HFBackend:
@@ -55,8 +58,13 @@ class HFBackend:
         return next(self.model.parameters()).device
 
     def generate(self, requests: Sequence[Request], vectors: object | None,
-                 sampling: SamplingParams) -> list[Rollout]:
-        """Sample one completion per request, in request order, with ``vectors`` steering the model."""
+                 sampling: SamplingParams, *, on_token: TokenCallback | None = None) -> list[Rollout]:
+        """Sample one completion per request, in request order, with ``vectors`` steering the model.
+
+        ``on_token`` (a server streaming tokens) sees every sampled token as it is drawn, with the index of
+        its request in ``requests``; returning ``"stop"`` or ``"length"`` ends that request with this reason
+        (a stop string, the request's own token limit, a client that left).
+        """
         order = sorted(range(len(requests)), key=lambda i: -requests[i].prompt_len)
         results: dict[int, Rollout] = {}
         bar = tqdm(total=len(requests), desc="generate", unit="seq", leave=False,
@@ -65,7 +73,9 @@ class HFBackend:
         with context, torch.no_grad(), bar:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                for i, rollout in zip(chunk, self._generate_chunk([requests[i] for i in chunk], sampling), strict=True):
+                rows = self._generate_chunk([requests[i] for i in chunk], sampling,
+                                            None if on_token is None else _indexed(on_token, chunk))
+                for i, rollout in zip(chunk, rows, strict=True):
                     results[i] = rollout
                 bar.update(len(chunk))
         return [results[i] for i in range(len(requests))]
@@ -73,7 +83,8 @@ class HFBackend:
     def close(self) -> None:
         """Nothing to free: the model belongs to the caller."""
 
-    def _generate_chunk(self, requests: list[Request], sampling: SamplingParams) -> list[Rollout]:
+    def _generate_chunk(self, requests: list[Request], sampling: SamplingParams,
+                        on_token: TokenCallback | None = None) -> list[Rollout]:
         device = self.device
         rows = len(requests)
         ids, mask = left_pad([r.prompt_ids for r in requests], self.pad_id, device)  # [rows, prompt]
@@ -110,6 +121,9 @@ class HFBackend:
                 logprobs[i].append(float(step_logprobs[i]))
                 stopped[i] = token in stops[i]
                 done[i] = stopped[i] or len(tokens[i]) >= budgets[i]
+                ended = on_token(i, token) if on_token is not None else None
+                if ended is not None and not done[i]:
+                    stopped[i], done[i] = ended == "stop", True
             if all(done):
                 break
             feed = torch.where(torch.tensor(done, device=device), self.pad_id, step_tokens)[:, None]  # [rows, 1]
@@ -125,3 +139,7 @@ class HFBackend:
             for i, r in enumerate(requests)
         ]
 
+
+def _indexed(on_token: TokenCallback, indices: Sequence[int]) -> TokenCallback:
+    """``on_token`` for a chunk: its row numbers mapped back to request indices."""
+    return lambda row, token: on_token(indices[row], token)
