@@ -68,7 +68,8 @@ SINGLE = World()  # the one-process world (immutable)
 def init_world(device: str) -> World:
     """Join the process group the launcher described (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``).
 
-    gloo for CPU ranks; NCCL for GPU ranks' CUDA tensors with gloo for their CPU scalars. Returns a one-rank world when no launcher is involved.
+    gloo for CPU ranks; NCCL for GPU ranks' CUDA tensors with gloo for their CPU scalars.
+    Returns a one-rank world when no launcher is involved.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
