@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlsteer-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-vllm demo test test-slow test-vllm test-clients lint clean-venv
+.PHONY: install install-vllm demo test test-slow test-vllm test-clients lint clean-venv gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,9 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# One prepared device check (bench/gpu_check.py): correctness on the device in bf16 and fp32, and the paper's
+# scale on random weights. Results in $OUT when set (the device tool), else bench/results/.
+# CPU mode for any machine: make gpu-check ARGS="--device cpu --quick"
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/gpu_check.py $(ARGS)

