@@ -16,7 +16,7 @@ supported family. It writes ``skip_layer`` as ``resid_post`` and ``full`` as ``r
 does. Vectors that land on the same place are summed. The global scale is multiplied in. Import always
 gives ``resid_post`` entries. Any other entry (per-head patches, ``ln*_out``, and ``attn_out`` outside lm-eval)
 raises :class:`InteropError`. The message names the entry and the formats that can hold it.
-:func:`export_caveats` lists what the consuming tool gets wrong (lm-eval before 0.4.10 with several hooks).
+:func:`export_caveats` says what the consuming tool gets wrong (lm-eval 0.4.8-0.4.9 with several hook points).
 
 **llama.cpp's layer index, read in its source** (line numbers at ggerganov/llama.cpp c392e50):
 ``common/common.cpp:1935-1951`` (``common_control_vector_load_one``) parses ``direction.N`` and rejects N = 0,
@@ -171,14 +171,18 @@ def _placed(vectors: SteeringVectors, fmt: str) -> dict[tuple[str, int], torch.T
     return dict(sorted(out.items()))
 
 
+def _holds(fmt: str) -> str:
+    """What ``fmt`` can hold, for messages."""
+    return {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
+            "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
+            }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
+
+
 def _cannot(fmt: str, entry: Entry) -> str:
     others = [f for f in FORMATS if f != fmt and _target(f, entry) is not None]
-    why = {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
-           "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
-           }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
     where = f"--format {' or '.join(others)} can hold it" if others else "no export format can hold it"
-    return (f"cannot write {entry.name} as {FORMATS[fmt]}: {why}; {where}, or pass --drop-unsupported to leave it "
-            "out (rlsteer's .safetensors holds every entry)")
+    return (f"cannot write {entry.name} as {FORMATS[fmt]}: {_holds(fmt)}; {where}, or pass --drop-unsupported to "
+            "leave it out (rlsteer's .safetensors holds every entry)")
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class Dropped:
         return bool(self.norms)
 
     def describe(self) -> str:
-        """One line, e.g. ``dropped resid_post.0 (norm 3.2985): 40.3 % of the vectors' norm``."""
+        """One line, e.g. ``dropped resid_post.0 (norm 3.298): 40.3 % of the vectors' norm``."""
         names = ", ".join(f"{name} (norm {norm:.4g})" for name, norm in self.norms.items())
         return f"dropped {names}: {100 * self.share:.1f} % of the vectors' norm"
 
@@ -221,7 +225,7 @@ def drop_unsupported(vectors: SteeringVectors, fmt: str) -> tuple[SteeringVector
     gone = [e for e in effective if _target(fmt, e) is None]
     if len(gone) == len(effective):
         raise InteropError(f"{FORMATS[fmt]} can hold none of these entries ({', '.join(e.name for e in gone)}): "
-                           + _cannot(fmt, gone[0]).split(": ", 1)[1].split(";")[0])
+                           f"{_holds(fmt)}; nothing would be left to write")
     total = torch.cat(list(effective.values())).norm()
     share = float(torch.cat([effective[e] for e in gone]).norm() / total) if gone and total > 0 else 0.0
     metadata = dict(vectors.metadata)
