@@ -52,10 +52,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlsteer.interop import export_vectors
+    from rlsteer.interop import LM_EVAL_INSTALL, drop_unsupported, export_caveats, export_vectors
     from rlsteer.steering.vectors import SteeringVectors
 
     vectors = SteeringVectors.load(args.vectors)
+    dropped = None
+    if args.drop_unsupported:
+        vectors, dropped = drop_unsupported(vectors, args.format)
     out = export_vectors(vectors, args.out, args.format, model=args.model, dtype=args.dtype)
     model = args.model or vectors.metadata.get("model") or "MODEL"
     if args.format == "lm-eval" and model != "MODEL":
@@ -68,8 +71,14 @@ def _export(args: argparse.Namespace) -> int:
     usage = {"bias": f"load it with rlsteer.load_model({str(out)!r}) or serve the folder as a model",
              "npy": "row ℓ is the vector added to the output of block ℓ (resid_post.ℓ)",
              "gguf": f"llama-cli -m MODEL.gguf --control-vector {out}",
-             "lm-eval": f"lm_eval --model steered --model_args pretrained={model},steer_path={out} --tasks TASKS"}
-    print(f"wrote {out} ({args.format}, {len(vectors)} entries)\n{usage[args.format]}")
+             "lm-eval": f"{LM_EVAL_INSTALL}\nlm_eval --model steered --model_args pretrained={model},steer_path={out} "
+                        "--tasks TASKS"}
+    print(f"wrote {out} ({args.format}, {len(vectors)} entries)")
+    if dropped:
+        print(dropped.describe())
+    print(usage[args.format])
+    for caveat in export_caveats(vectors, args.format):
+        print(f"rlsteer: warning: {caveat}", file=sys.stderr)
     return 0
 
 
@@ -378,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="bias: the base model (default: the vectors' model); others: check the vectors "
                                    "fit it (npy: its depth gives L)")
     p.add_argument("--dtype", default="float32", help="bias: the saved weights' dtype (bfloat16 for large models)")
+    p.add_argument("--drop-unsupported", action="store_true",
+                   help="leave out the entries the format cannot hold (gguf: resid_post.0) instead of refusing; "
+                        "prints what was dropped and its share of the vectors' norm")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("import", help="read a bias checkpoint, [L, d] .npy or llama.cpp GGUF into a vector file",

@@ -16,6 +16,7 @@ supported family. It writes ``skip_layer`` as ``resid_post`` and ``full`` as ``r
 does. Vectors that land on the same place are summed. The global scale is multiplied in. Import always
 gives ``resid_post`` entries. Any other entry (per-head patches, ``ln*_out``, and ``attn_out`` outside lm-eval)
 raises :class:`InteropError`. The message names the entry and the formats that can hold it.
+:func:`export_caveats` says what the consuming tool gets wrong (lm-eval 0.4.8-0.4.9 with several hook points).
 
 **llama.cpp's layer index, read in its source** (line numbers at ggerganov/llama.cpp c392e50):
 ``common/common.cpp:1935-1951`` (``common_control_vector_load_one``) parses ``direction.N`` and rejects N = 0,
@@ -31,7 +32,9 @@ So **direction.N is resid_post.N**, and block 0's output cannot be steered. repe
 ``extract.py:137-146`` writes ``direction.{layer}`` for its layer ids; ``control.py:30-35, 149-197`` adds
 ``directions[i]`` to the output of ``model.layers[i]``; ``extract.py:274`` picks layers L−1…1 by default.
 Import reads a ``direction.0`` as resid_post.0, which is repeng's meaning. Export refuses resid_post.0
-because llama.cpp would reject the whole file.
+because llama.cpp would reject the whole file; :func:`drop_unsupported` (``--drop-unsupported``) leaves it
+out and says what share of the vectors' norm went with it. llama-cpp-python has no control-vector call, so
+:func:`llama_cpp_cvec` builds the buffer its ``llama_set_adapter_cvec`` takes (block 1 first).
 
 **lm-eval** (EleutherAI/lm-evaluation-harness 4e7e0d4, ``lm_eval/models/hf_steered.py``): ``:51-54`` resolves
 hook names in ``model.base_model.named_modules()``, the decoder inside ``*ForCausalLM``, so the names are
@@ -56,6 +59,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +168,72 @@ def _placed(vectors: SteeringVectors, fmt: str) -> dict[tuple[str, int], torch.T
     return dict(sorted(out.items()))
 
 
+def _holds(fmt: str) -> str:
+    """What ``fmt`` can hold, for messages."""
+    return {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
+            "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
+            }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
+
+
 def _cannot(fmt: str, entry: Entry) -> str:
     others = [f for f in FORMATS if f != fmt and _target(f, entry) is not None]
-    why = {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
-           "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
-           }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
     where = f"--format {' or '.join(others)} can hold it" if others else "no export format can hold it"
-    return f"cannot write {entry.name} as {FORMATS[fmt]}: {why}; {where} (rlsteer's .safetensors holds every entry)"
+    return (f"cannot write {entry.name} as {FORMATS[fmt]}: {_holds(fmt)}; {where}, or pass --drop-unsupported to "
+            "leave it out (rlsteer's .safetensors holds every entry)")
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What :func:`drop_unsupported` left out.
+
+    Attributes:
+        norms: entry name → ‖v‖ of each dropped vector (scale applied).
+        share: ‖dropped‖ / ‖all‖, the norms of the dropped and of all effective vectors laid end to end.
+    """
+
+    norms: dict[str, float]
+    share: float
+
+    def __bool__(self) -> bool:
+        return bool(self.norms)
+
+    def describe(self) -> str:
+        """One line, e.g. ``dropped resid_post.0 (norm 3.298): 40.3 % of the vectors' norm``."""
+        names = ", ".join(f"{name} (norm {norm:.4g})" for name, norm in self.norms.items())
+        return f"dropped {names}: {100 * self.share:.1f} % of the vectors' norm"
+
+
+def drop_unsupported(vectors: SteeringVectors, fmt: str) -> tuple[SteeringVectors, Dropped]:
+    """The entries that ``fmt`` can hold, as a new set (scale kept), and what was left out.
+
+    A default all-layer run has ``resid_post.0``, which llama.cpp cannot apply; dropping it is a choice the
+    user makes (``rlsteer export … --drop-unsupported``), so the share of the norm it carries is reported.
+    The kept set records the dropped entries as metadata ``dropped_entries``.
+
+    Example:
+        >>> sv = SteeringVectors.from_dict({0: torch.tensor([3.0, 0.0]), 1: torch.tensor([0.0, 4.0])})
+        >>> kept, dropped = drop_unsupported(sv, "gguf")
+        >>> [e.name for e in kept.entries], dropped.describe()
+        (['resid_post.1'], "dropped resid_post.0 (norm 3): 60.0 % of the vectors' norm")
+    """
+    if fmt not in FORMATS:
+        raise InteropError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    effective = {e: v.detach().to("cpu", torch.float32) for e, v in vectors.vectors().items()}  # [d_model] each
+    gone = [e for e in effective if _target(fmt, e) is None]
+    if len(gone) == len(effective):
+        raise InteropError(f"{FORMATS[fmt]} can hold none of these entries ({', '.join(e.name for e in gone)}): "
+                           f"{_holds(fmt)}; nothing would be left to write")
+    total = torch.cat(list(effective.values())).norm()
+    share = float(torch.cat([effective[e] for e in gone]).norm() / total) if gone and total > 0 else 0.0
+    metadata = dict(vectors.metadata)
+    if gone:
+        before = [x for x in metadata.get("dropped_entries", "").split(",") if x]
+        metadata["dropped_entries"] = ",".join([*before, *(e.name for e in gone)])
+    kept = SteeringVectors(vectors.d_model, scale=vectors.scale, metadata=metadata, trainable=False)
+    for entry, value in vectors.vectors(scaled=False).items():
+        if entry not in gone:
+            kept.add(entry, value.detach().cpu(), trainable=False)
+    return kept, Dropped({e.name: float(effective[e].norm()) for e in gone}, share)
 
 
 def _block_rows(vectors: SteeringVectors, fmt: str) -> dict[int, torch.Tensor]:
@@ -338,6 +401,36 @@ def import_gguf(path: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
     return dict(sorted(rows.items())), metadata
 
 
+def llama_cpp_cvec(source: SteeringVectors | str | os.PathLike[str], *, strength: float = 1.0) -> np.ndarray:
+    """The buffer llama.cpp's ``llama_set_adapter_cvec`` takes: float32 [n_embd · N], block 1's direction first.
+
+    ``source`` is a GGUF control vector, a rlsteer vector file or a :class:`SteeringVectors`. Block ℓ's
+    direction (resid_post.ℓ) sits at offset n_embd·(ℓ−1), zeros where there is none, up to the deepest
+    block N that has one, as llama.cpp's own loader (``common_control_vector_load``) builds it, times
+    ``strength`` (its ``--control-vector-scaled``). Block 0 has no slot: a ``direction.0`` or
+    ``resid_post.0`` is an error (drop it with :func:`drop_unsupported` or ``--drop-unsupported``).
+
+    Example:
+        >>> sv = SteeringVectors.from_dict({1: torch.ones(2), 3: torch.full((2,), 3.0)})
+        >>> llama_cpp_cvec(sv).tolist()
+        [1.0, 1.0, 0.0, 0.0, 3.0, 3.0]
+    """
+    if isinstance(source, SteeringVectors):
+        rows = _block_rows(source, "gguf")
+    elif Path(source).suffix.lower() == ".gguf":
+        rows, _ = import_gguf(Path(source))
+        if 0 in rows:
+            raise InteropError(f"{source} has direction.0, which llama.cpp cannot apply (it rejects the whole file); "
+                               "re-export the vectors with --drop-unsupported")
+    else:
+        rows = _block_rows(SteeringVectors.load(source), "gguf")
+    n_embd = next(iter(rows.values())).shape[0]
+    buffer = np.zeros(n_embd * max(rows), dtype=np.float32)  # [n_embd · N]
+    for layer, value in rows.items():
+        buffer[n_embd * (layer - 1):n_embd * layer] = value.numpy() * np.float32(strength)
+    return buffer
+
+
 def _gguf_string(reader: Any, key: str) -> str | None:
     field = reader.get_field(key)
     if field is None or not field.data:
@@ -348,20 +441,53 @@ def _gguf_string(reader: Any, key: str) -> str | None:
 # ------------------------------------------------------------------------------------ lm-eval steered .pt
 
 
+#: the install whose ``--model steered`` works: the ``hf`` extra brings accelerate, 0.4.10 fixed multi-hook files,
+#: and 0.4.10-0.4.11 register "steered" as ``hf_steered:SteeredHF``, a class that does not exist, so loading
+#: it raises "alias 'steered' already registered"; 0.4.12 names ``SteeredModel``
+LM_EVAL_INSTALL = 'pip install "lm-eval[hf]>=0.4.12"'
+_LM_EVAL_HOOKS = {"block": "layers.{}", "attn": "layers.{}.self_attn"}
+
+
 def export_lm_eval(vectors: SteeringVectors, out: Path) -> Path:
     """lm-evaluation-harness's ``steered`` config: ``{hook: {"steering_vector": [d], "action": "add", …}}``.
 
     Hooks are ``layers.{ℓ}`` (block ℓ's output = resid_post.ℓ) and ``layers.{ℓ}.self_attn`` (attn_out.ℓ).
-    Use it with ``lm_eval --model steered --model_args pretrained=MODEL,steer_path=OUT``. The file holds
-    only tensors, floats, strings and None, so ``torch.load(..., weights_only=True)`` reads it.
+    Use it with ``lm_eval --model steered --model_args pretrained=MODEL,steer_path=OUT`` on lm-eval ≥ 0.4.12
+    (see :func:`export_caveats`). The file holds only tensors, floats, strings and None, so
+    ``torch.load(..., weights_only=True)`` reads it.
     """
-    hooks = {"block": "layers.{}", "attn": "layers.{}.self_attn"}
-    config = {hooks[kind].format(layer): {"steering_vector": value, "steering_coefficient": 1.0, "action": "add",
-                                          "bias": None, "head_index": None}
-              for (kind, layer), value in _placed(vectors, "lm-eval").items()}
+    config = {hook: {"steering_vector": value, "steering_coefficient": 1.0, "action": "add", "bias": None,
+                     "head_index": None} for hook, value in _lm_eval_vectors(vectors).items()}
     with replacing(out) as tmp:
         torch.save(config, tmp)
     return out
+
+
+def _lm_eval_vectors(vectors: SteeringVectors) -> dict[str, torch.Tensor]:
+    """hook point (``layers.1``, ``layers.2.self_attn``) → its summed effective vector [d_model]."""
+    return {_LM_EVAL_HOOKS[kind].format(layer): value for (kind, layer), value in _placed(vectors, "lm-eval").items()}
+
+
+def export_caveats(vectors: SteeringVectors, fmt: str) -> list[str]:
+    """What a user of ``vectors`` exported as ``fmt`` must know about the tool that reads it, one line each.
+
+    lm-eval 0.4.8 and 0.4.9 build their ``add`` hooks as ``lambda acts: acts + steering_coefficient *
+    steering_vector`` inside the loop over hook points (``lm_eval/models/hf_steered.py``), so every hook adds
+    the last hook's vector; 0.4.10 binds each with ``functools.partial``. A file with one hook is right in all.
+
+    Example:
+        >>> sv = SteeringVectors.from_dict({1: torch.ones(2), 3: torch.ones(2)})
+        >>> export_caveats(sv, "lm-eval")[0][:46], export_caveats(sv, "gguf")
+        ('this file steers 2 hook points (layers.1, laye', [])
+    """
+    if fmt != "lm-eval":
+        return []
+    hooks = list(_lm_eval_vectors(vectors))
+    if len(hooks) < 2:
+        return []
+    shown = ", ".join(hooks[:3]) + (", …" if len(hooks) > 3 else "")
+    return [f"this file steers {len(hooks)} hook points ({shown}); lm-eval 0.4.8 and 0.4.9 add the last one's "
+            f"vector at every hook, so use a later lm-eval: {LM_EVAL_INSTALL}"]
 
 
 # --------------------------------------------------------------------------------------------- helpers

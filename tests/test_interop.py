@@ -13,7 +13,14 @@ from torch import nn
 
 from rlsteer import SteeringVectors, architecture_of, load_model, steer
 from rlsteer.cli import main
-from rlsteer.interop import InteropError, export_vectors, import_vectors
+from rlsteer.interop import (
+    InteropError,
+    drop_unsupported,
+    export_caveats,
+    export_vectors,
+    import_vectors,
+    llama_cpp_cvec,
+)
 from rlsteer.models import model_folder
 from rlsteer.steering import Entry, VectorFileError
 
@@ -214,6 +221,84 @@ def test_gguf_refuses_block_zero_and_non_residual_entries(tmp_path):
         import_vectors(tmp_path / "not.gguf", "gguf")
 
 
+def test_drop_unsupported_reports_the_norm_share_and_keeps_the_rest(tmp_path):
+    values = {Entry("resid_post", 0): torch.tensor([3.0, 0.0]), Entry("resid_post", 1): torch.tensor([0.0, 4.0])}
+    sv = SteeringVectors.from_dict(values, metadata={"model": TINY}, scale=2.0)
+    kept, dropped = drop_unsupported(sv, "gguf")
+    assert [e.name for e in kept.entries] == ["resid_post.1"] and kept.scale == 2.0
+    assert torch.equal(kept.vector("resid_post.1"), torch.tensor([0.0, 8.0]))
+    # ‖v0‖ / ‖(v0, v1)‖ = 6 / 10 with the scale applied (not 9/25 of the squared norm, not 6/8 of the kept part)
+    assert dropped.norms == {"resid_post.0": 6.0} and dropped.share == pytest.approx(0.6)
+    assert kept.metadata == {"model": TINY, "dropped_entries": "resid_post.0"}
+    assert "resid_post.0 (norm 6): 60.0 % of the vectors' norm" in dropped.describe()
+    kept_all, nothing = drop_unsupported(kept, "gguf")
+    assert not nothing and nothing.share == 0.0 and kept_all.entries == kept.entries
+    back = import_vectors(export_vectors(kept, tmp_path / "v.gguf", "gguf"), "gguf")
+    assert [e.name for e in back.entries] == ["resid_post.1"]
+    assert torch.equal(back.vector("resid_post.1"), kept.vector("resid_post.1"))
+    with pytest.raises(InteropError, match=r"can hold none of these entries \(ln2_out\.2, resid_pre\.0\)"):
+        drop_unsupported(vector_set(["ln2_out.2", "resid_pre.0"]), "gguf")
+
+
+def test_dropped_layer_zero_round_trip_steers_like_the_vector_without_it(tmp_path):
+    """export --drop-unsupported, then import: the vector llama.cpp applies, evaluable by rlsteer."""
+    sv = vector_set(["resid_post.0", "resid_post.1", "resid_post.2", "resid_post.3"])
+    kept, _ = drop_unsupported(sv, "gguf")
+    back = import_vectors(export_vectors(kept, tmp_path / "v.gguf", "gguf"), "gguf")
+    model, tok = load_model(TINY)
+    without_0 = SteeringVectors.from_dict({e: sv.vector(e) for e in sv.entries if e.layer != 0})
+    with steer(model, without_0):
+        want = logits(model, tok)
+    with steer(model, sv):
+        full = logits(model, tok)
+    with steer(model, back):
+        got = logits(model, tok)
+    assert torch.equal(got, want) and (full - want).abs().max() > 0.1  # and dropping layer 0 changes the model
+
+
+# -------------------------------------------------------------------------------- llama.cpp cvec buffer
+
+
+def llama_cpp_apply(buffer, n_embd, n_layer):
+    """llama_adapter_cvec::apply (src/llama-adapter.cpp): block il ≥ 1 takes buffer[n_embd·(il−1) : n_embd·il]."""
+    tensors = {}
+    for il in range(1, n_layer):
+        off = n_embd * (il - 1)  # "buffer doesn't have data for layer 0, since it's never present"
+        if off + n_embd <= len(buffer):
+            tensors[il] = buffer[off:off + n_embd]
+    return tensors
+
+
+def test_llama_cpp_cvec_layout_starts_at_block_one(tmp_path):
+    sv = vector_set(["resid_post.1", "resid_pre.3", "resid_post.3"])  # resid_pre.3 is block 2's output
+    sv.scale = 0.5
+    want = {1: sv.vector("resid_post.1"), 2: sv.vector("resid_pre.3"), 3: sv.vector("resid_post.3")}
+    gguf_file = export_vectors(sv, tmp_path / "v.gguf", "gguf")
+    for source in (sv, sv.save(tmp_path / "v.safetensors"), gguf_file):
+        buffer = llama_cpp_cvec(source, strength=2.0)
+        assert buffer.dtype == np.float32 and buffer.shape == (3 * 64,)  # up to block 3, as llama.cpp's loader
+        applied = llama_cpp_apply(buffer, 64, n_layer=4)
+        assert sorted(applied) == [1, 2, 3]
+        for block, vector in want.items():
+            assert np.array_equal(applied[block], 2.0 * vector.numpy()), (source, block)
+    gap = llama_cpp_apply(llama_cpp_cvec(vector_set(["resid_post.3"])), 64, n_layer=4)
+    assert not gap[1].any() and not gap[2].any() and gap[3].any()
+
+
+def test_llama_cpp_cvec_refuses_block_zero(tmp_path):
+    with pytest.raises(InteropError, match=r"resid_post\.0 .*--drop-unsupported"):
+        llama_cpp_cvec(vector_set(["resid_post.0", "resid_post.1"]))
+    writer = gguf.GGUFWriter(tmp_path / "repeng.gguf", "controlvector")
+    for layer in (0, 1):
+        writer.add_tensor(f"direction.{layer}", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(InteropError, match="direction.0, which llama.cpp cannot apply"):
+        llama_cpp_cvec(tmp_path / "repeng.gguf")
+
+
 # ------------------------------------------------------------------------------------------------ lm-eval
 
 
@@ -249,6 +334,49 @@ def test_lm_eval_file_steers_like_rlsteer(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def lm_eval_0_4_9_steer(model, config):
+    """lm-eval 0.4.8/0.4.9's SteeredModel.__init__: ``lambda acts: acts + steering_coefficient * steering_vector``
+    built in the loop, so each hook reads the loop's last values when it runs."""
+    modules = dict(model.base_model.named_modules())
+    hook_to_steer = {}
+    for hookpoint, steer_info in config.items():
+        steering_coefficient, steering_vector = steer_info["steering_coefficient"], steer_info["steering_vector"]
+        hook_to_steer[hookpoint] = lambda acts: acts + steering_coefficient * steering_vector  # noqa: B023
+
+    def hook(name):
+        def fn(module, args, output):
+            return (hook_to_steer[name](output[0]), *output[1:]) if isinstance(output, tuple) else \
+                hook_to_steer[name](output)
+        return fn
+
+    return [modules[name].register_forward_hook(hook(name)) for name in config]
+
+
+@pytest.mark.parametrize("entries, warned", [
+    (["resid_post.1", "resid_post.3"], True),
+    (["attn_out.2", "resid_post.2"], True),  # one layer, two hook points
+    (["resid_post.1", "resid_pre.2"], False),  # the same hook point: one summed vector
+    (["resid_post.3"], False),
+])
+def test_lm_eval_warns_about_old_versions_when_hooks_differ(tmp_path, capsys, entries, warned):
+    sv = vector_set(entries)
+    path = sv.save(tmp_path / "v.safetensors")
+    assert main(["export", str(path), str(tmp_path / "s.pt"), "--format", "lm-eval"]) == 0
+    captured = capsys.readouterr()
+    assert 'pip install "lm-eval[hf]>=0.4.12"' in captured.out
+    assert ("lm-eval 0.4.8 and 0.4.9 add the last one's vector" in captured.err) == warned
+    assert bool(export_caveats(sv, "lm-eval")) == warned and export_caveats(sv, "npy") == []
+    config = torch.load(tmp_path / "s.pt", weights_only=True)
+    model, tok = load_model(TINY)
+    with steer(model, sv):
+        want = logits(model, tok)
+    handles = lm_eval_0_4_9_steer(model, config)
+    old = logits(model, tok)
+    for h in handles:
+        h.remove()
+    assert torch.allclose(old, want, atol=1e-5) == (not warned)  # the warning is given exactly when 0.4.9 is wrong
+
+
 def test_lm_eval_refuses_per_head_entries(tmp_path):
     with pytest.raises(InteropError, match=r"steer_head\.1\.0 .*no export format"):
         export_vectors(vector_set([("steer_head", 1, 0)]), tmp_path / "steer.pt", "lm-eval")
@@ -272,8 +400,29 @@ def test_cli_export_import_round_trip(tmp_path, capsys):
     assert f"lm_eval --model steered --model_args pretrained={folder},steer_path={tmp_path / 's.pt'}" in out
 
 
+def test_cli_export_drop_unsupported(tmp_path, capsys):
+    path = vector_set(["resid_post.0", "resid_post.1", "resid_post.2", "resid_post.3"]).save(tmp_path / "v.safetensors")
+    assert main(["export", str(path), str(tmp_path / "v.gguf"), "--format", "gguf"]) == 2
+    assert "pass --drop-unsupported to leave it out" in capsys.readouterr().err
+    assert not (tmp_path / "v.gguf").exists()
+    assert main(["export", str(path), str(tmp_path / "v.gguf"), "--format", "gguf", "--drop-unsupported"]) == 0
+    out = capsys.readouterr().out
+    sv = SteeringVectors.load(path)
+    share = float(sv.vector("resid_post.0").norm() / torch.cat(list(sv.vectors().values())).norm())
+    assert f"wrote {tmp_path / 'v.gguf'} (gguf, 3 entries)" in out
+    assert f"dropped resid_post.0 (norm {sv.vector('resid_post.0').norm():.4g}): {100 * share:.1f} %" in out
+    assert sorted(t.name for t in gguf.GGUFReader(tmp_path / "v.gguf").tensors) == [
+        "direction.1", "direction.2", "direction.3"]
+    assert main(["import", str(tmp_path / "v.gguf"), str(tmp_path / "no0.safetensors"), "--format", "gguf"]) == 0
+    back = SteeringVectors.load(tmp_path / "no0.safetensors")
+    assert back.metadata["dropped_entries"] == "resid_post.0" and back.metadata["model"] == TINY
+    assert main(["export", str(path), str(tmp_path / "m.npy"), "--format", "npy", "--drop-unsupported"]) == 0
+    assert "dropped" not in capsys.readouterr().out  # npy holds every entry: nothing to drop, nothing said
+
+
 @pytest.mark.parametrize("argv, message", [
     (["export", "{v}", "{d}/v.gguf", "--format", "gguf"], "cannot write resid_post.0 as a llama.cpp control vector"),
+    (["export", "{v}", "{d}/v.gguf", "--format", "gguf", "--drop-unsupported"], "can hold none of these entries"),
     (["import", "{d}/m.npy", "{d}/o.safetensors", "--format", "npy"], "pass --model"),
     (["import", "{d}/missing.gguf", "{d}/o.safetensors", "--format", "gguf"], "does not exist"),
 ])
