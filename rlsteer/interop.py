@@ -58,8 +58,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +66,26 @@ import torch
 from torch import nn
 
 from rlsteer.bias_checkpoint import BiasCheckpointError, read_checkpoint_biases
-from rlsteer.errors import RlsteerError, first_line
+from rlsteer.errors import first_line
+from rlsteer.formats import (
+    FORMATS,
+    Dropped,
+    InteropError,
+    block_rows,
+    check_fits,
+    drop_unsupported,
+    nonzero_rows,
+    placed,
+)
 from rlsteer.io import replacing, staged_folder
 from rlsteer.models import config_identity, load_model
-from rlsteer.steering.sites import ATTN_OUTPUT_SITES, Entry, output_block
 from rlsteer.steering.vectors import SteeringVectors
 
-#: format → what it is, for messages
-FORMATS = {"bias": "a down_proj-bias checkpoint", "npy": "an [L, d] .npy matrix",
-           "gguf": "a llama.cpp control vector", "lm-eval": "an lm-eval steered .pt file"}
 IMPORT_FORMATS = ("bias", "npy", "gguf")
 
 #: site → offset of the block whose output the vector is added to (the vLLM backend's table)
 BIAS_SITE = "down_proj_bias"
 _GGUF_ARCH = "controlvector"
-
-
-class InteropError(RlsteerError):
-    """A vector set that a format cannot hold, or a foreign file that cannot be read."""
 
 
 # --------------------------------------------------------------------------------------------- dispatch
@@ -106,7 +106,7 @@ def export_vectors(vectors: SteeringVectors, out: str | os.PathLike[str], fmt: s
         raise InteropError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     identity = config_identity(model) if model else None
     if identity is not None:
-        _check_fits(vectors.d_model, _placed(vectors, fmt), identity)
+        check_fits(vectors.d_model, placed(vectors, fmt), identity)
     if fmt == "npy":
         n_layers = (identity or vectors.metadata).get("n_layers")
         if n_layers is None:
@@ -138,112 +138,9 @@ def import_vectors(source: str | os.PathLike[str], fmt: str, *, model: str | Non
     else:
         rows, metadata = import_gguf(source)
     if identity is not None:
-        _check_fits(next(iter(rows.values())).shape[0], {("block", k): v for k, v in rows.items()}, identity)
+        check_fits(next(iter(rows.values())).shape[0], {("block", k): v for k, v in rows.items()}, identity)
         metadata = {**metadata, **identity}
     return SteeringVectors.from_dict(dict(sorted(rows.items())), site="resid_post", metadata=metadata)
-
-
-# ------------------------------------------------------------------------------------ placing entries
-
-
-def _target(fmt: str, entry: Entry) -> tuple[str, int] | None:
-    """Where ``fmt`` keeps ``entry``: ("block", ℓ) = block ℓ's output, ("attn", ℓ) = its attention output."""
-    block = output_block(entry)
-    if block is not None and block >= (1 if fmt == "gguf" else 0):
-        return "block", block
-    if fmt == "lm-eval" and entry.site in ATTN_OUTPUT_SITES:  # added to self_attn's output
-        return "attn", entry.layer
-    return None
-
-
-def _placed(vectors: SteeringVectors, fmt: str) -> dict[tuple[str, int], torch.Tensor]:
-    """Every entry's effective vector [d_model] (fp32, scale applied) at its place in ``fmt``, summed per place."""
-    out: dict[tuple[str, int], torch.Tensor] = {}
-    for entry, value in vectors.vectors().items():
-        place = _target(fmt, entry)
-        if place is None:
-            raise InteropError(_cannot(fmt, entry))
-        value = value.detach().to("cpu", torch.float32)
-        out[place] = out[place] + value if place in out else value.clone()
-    return dict(sorted(out.items()))
-
-
-def _holds(fmt: str) -> str:
-    """What ``fmt`` can hold, for messages."""
-    return {"gguf": "llama.cpp adds direction.N to the output of block N ≥ 1 only",
-            "lm-eval": "it holds vectors added to block outputs (layers.ℓ) and attention outputs (layers.ℓ.self_attn)",
-            }.get(fmt, "it holds one vector per block output (resid_post.ℓ; resid_pre.ℓ as resid_post.ℓ−1)")
-
-
-def _cannot(fmt: str, entry: Entry) -> str:
-    others = [f for f in FORMATS if f != fmt and _target(f, entry) is not None]
-    where = f"--format {' or '.join(others)} can hold it" if others else "no export format can hold it"
-    return (f"cannot write {entry.name} as {FORMATS[fmt]}: {_holds(fmt)}; {where}, or pass --drop-unsupported to "
-            "leave it out (rlsteer's .safetensors holds every entry)")
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """What :func:`drop_unsupported` left out.
-
-    Attributes:
-        norms: entry name → ‖v‖ of each dropped vector (scale applied).
-        share: ‖dropped‖ / ‖all‖, the norms of the dropped and of all effective vectors laid end to end.
-    """
-
-    norms: dict[str, float]
-    share: float
-
-    def __bool__(self) -> bool:
-        return bool(self.norms)
-
-    def describe(self) -> str:
-        """One line, e.g. ``dropped resid_post.0 (norm 3.298): 40.3 % of the vectors' norm``."""
-        names = ", ".join(f"{name} (norm {norm:.4g})" for name, norm in self.norms.items())
-        return f"dropped {names}: {100 * self.share:.1f} % of the vectors' norm"
-
-
-def drop_unsupported(vectors: SteeringVectors, fmt: str) -> tuple[SteeringVectors, Dropped]:
-    """The entries that ``fmt`` can hold, as a new set (scale kept), and what was left out.
-
-    A default all-layer run has ``resid_post.0``, which llama.cpp cannot apply; dropping it is a choice the
-    user makes (``rlsteer export … --drop-unsupported``), so the share of the norm it carries is reported.
-    The kept set records the dropped entries as metadata ``dropped_entries``.
-
-    Example:
-        >>> sv = SteeringVectors.from_dict({0: torch.tensor([3.0, 0.0]), 1: torch.tensor([0.0, 4.0])})
-        >>> kept, dropped = drop_unsupported(sv, "gguf")
-        >>> [e.name for e in kept.entries], dropped.describe()
-        (['resid_post.1'], "dropped resid_post.0 (norm 3): 60.0 % of the vectors' norm")
-    """
-    if fmt not in FORMATS:
-        raise InteropError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    effective = {e: v.detach().to("cpu", torch.float32) for e, v in vectors.vectors().items()}  # [d_model] each
-    gone = [e for e in effective if _target(fmt, e) is None]
-    if len(gone) == len(effective):
-        raise InteropError(f"{FORMATS[fmt]} can hold none of these entries ({', '.join(e.name for e in gone)}): "
-                           f"{_holds(fmt)}; nothing would be left to write")
-    total = torch.cat(list(effective.values())).norm()
-    share = float(torch.cat([effective[e] for e in gone]).norm() / total) if gone and total > 0 else 0.0
-    metadata = dict(vectors.metadata)
-    if gone:
-        before = [x for x in metadata.get("dropped_entries", "").split(",") if x]
-        metadata["dropped_entries"] = ",".join([*before, *(e.name for e in gone)])
-    kept = SteeringVectors(vectors.d_model, scale=vectors.scale, metadata=metadata, trainable=False)
-    for entry, value in vectors.vectors(scaled=False).items():
-        if entry not in gone:
-            kept.add(entry, value.detach().cpu(), trainable=False)
-    return kept, Dropped({e.name: float(effective[e].norm()) for e in gone}, share)
-
-
-def _block_rows(vectors: SteeringVectors, fmt: str) -> dict[int, torch.Tensor]:
-    return {layer: v for (_, layer), v in _placed(vectors, fmt).items()}
-
-
-def _nonzero(rows: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """The rows that are not all zero (a single-layer run's other layers); every row when all are zero."""
-    kept = {k: v for k, v in rows.items() if bool(v.any())}
-    return kept or dict(rows)
 
 
 # ------------------------------------------------------------------------------------- bias checkpoint
@@ -264,7 +161,7 @@ def export_bias(vectors: SteeringVectors, out: Path, *, model: str | None = None
     if not spec:
         raise InteropError("these vectors record no model; pass --model SPEC (the base model to save)")
     revision = None if model else vectors.metadata.get("model_revision") or None
-    rows = _block_rows(vectors, "bias")
+    rows = block_rows(vectors, "bias")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InteropError(f"{out} already exists; remove it or choose another folder")
     with staged_folder(out) as staging:
@@ -279,7 +176,7 @@ def export_bias(vectors: SteeringVectors, out: Path, *, model: str | None = None
         for attr in ("rlsteer_source", "rlsteer_revision"):  # load_model's notes about where it came from
             if hasattr(config, attr):
                 delattr(config, attr)
-        config.rlsteer_steering = {"site": BIAS_SITE, "base_model": spec, "layers": sorted(_nonzero(rows)),
+        config.rlsteer_steering = {"site": BIAS_SITE, "base_model": spec, "layers": sorted(nonzero_rows(rows)),
                                    "metadata": dict(vectors.metadata)}
         base.save_pretrained(staging)  # type: ignore[operator]  # transformers' stubs confuse mypy here
         tok.save_pretrained(staging)
@@ -306,7 +203,7 @@ def import_bias(folder: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
         metadata = {"source": str(folder)}
         if re.fullmatch(r"[\w.-]+/[\w.-]+", str(config.get("_name_or_path") or "")):
             metadata["model"] = str(config["_name_or_path"])
-    return _nonzero(rows), metadata
+    return nonzero_rows(rows), metadata
 
 
 # -------------------------------------------------------------------------------------------- npy matrix
@@ -314,7 +211,7 @@ def import_bias(folder: Path) -> tuple[dict[int, torch.Tensor], dict[str, str]]:
 
 def export_npy(vectors: SteeringVectors, out: Path, *, n_layers: int) -> Path:
     """Write the authors' ``[n_layers, d_model]`` float32 matrix: row ℓ = resid_post.ℓ, zeros elsewhere."""
-    rows = _block_rows(vectors, "npy")
+    rows = block_rows(vectors, "npy")
     matrix = np.zeros((n_layers, vectors.d_model), dtype=np.float32)  # [L, d]
     for layer, value in rows.items():
         if layer >= n_layers:
@@ -341,7 +238,7 @@ def import_npy(path: Path, *, n_layers: int | None = None) -> tuple[dict[int, to
     if not np.isfinite(matrix).all():
         raise InteropError(f"{path} contains NaN or inf")
     rows = {i: torch.from_numpy(np.array(row, dtype=np.float32)) for i, row in enumerate(matrix)}
-    return _nonzero(rows), {"source": str(path)}
+    return nonzero_rows(rows), {"source": str(path)}
 
 
 # ------------------------------------------------------------------------------------------ GGUF (llama.cpp)
@@ -355,7 +252,7 @@ def export_gguf(vectors: SteeringVectors, out: Path) -> Path:
     """
     import gguf
 
-    rows = _block_rows(vectors, "gguf")
+    rows = block_rows(vectors, "gguf")
     meta = vectors.metadata
     with replacing(out) as tmp:
         writer = gguf.GGUFWriter(tmp, _GGUF_ARCH)
@@ -416,14 +313,14 @@ def llama_cpp_cvec(source: SteeringVectors | str | os.PathLike[str], *, strength
         [1.0, 1.0, 0.0, 0.0, 3.0, 3.0]
     """
     if isinstance(source, SteeringVectors):
-        rows = _block_rows(source, "gguf")
+        rows = block_rows(source, "gguf")
     elif Path(source).suffix.lower() == ".gguf":
         rows, _ = import_gguf(Path(source))
         if 0 in rows:
             raise InteropError(f"{source} has direction.0, which llama.cpp cannot apply (it rejects the whole file); "
                                "re-export the vectors with --drop-unsupported")
     else:
-        rows = _block_rows(SteeringVectors.load(source), "gguf")
+        rows = block_rows(SteeringVectors.load(source), "gguf")
     n_embd = next(iter(rows.values())).shape[0]
     buffer = np.zeros(n_embd * max(rows), dtype=np.float32)  # [n_embd · N]
     for layer, value in rows.items():
@@ -465,7 +362,7 @@ def export_lm_eval(vectors: SteeringVectors, out: Path) -> Path:
 
 def _lm_eval_vectors(vectors: SteeringVectors) -> dict[str, torch.Tensor]:
     """hook point (``layers.1``, ``layers.2.self_attn``) → its summed effective vector [d_model]."""
-    return {_LM_EVAL_HOOKS[kind].format(layer): value for (kind, layer), value in _placed(vectors, "lm-eval").items()}
+    return {_LM_EVAL_HOOKS[kind].format(layer): value for (kind, layer), value in placed(vectors, "lm-eval").items()}
 
 
 def export_caveats(vectors: SteeringVectors, fmt: str) -> list[str]:
@@ -490,15 +387,5 @@ def export_caveats(vectors: SteeringVectors, fmt: str) -> list[str]:
             f"vector at every hook, so use a later lm-eval: {LM_EVAL_INSTALL}"]
 
 
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _check_fits(d_model: int, places: Mapping[tuple[str, int], torch.Tensor], identity: Mapping[str, str]) -> None:
-    if d_model != int(identity["d_model"]):
-        raise InteropError(f"these vectors have width {d_model} but {identity['model']} has "
-                           f"d_model={identity['d_model']}")
-    for _, layer in places:
-        if layer >= int(identity["n_layers"]):
-            raise InteropError(f"a vector lands on block {layer} but {identity['model']} has {identity['n_layers']} "
-                               "layers")
-
+__all__ = ["FORMATS", "IMPORT_FORMATS", "LM_EVAL_INSTALL", "Dropped", "InteropError", "drop_unsupported",
+           "export_caveats", "export_vectors", "import_vectors", "llama_cpp_cvec"]
