@@ -1,4 +1,4 @@
-"""Circuit patching (reference-semantics §5): identities between variants, head locality, Appendix I."""
+"""Circuit patching (docs/semantics.md#patching): identities between variants, head locality, Appendix I."""
 
 from __future__ import annotations
 
