@@ -1,4 +1,4 @@
-"""Evaluation arithmetic (reference-semantics §3), as pure functions over 0/1 correctness.
+"""Evaluation arithmetic (docs/semantics.md#evaluation), as pure functions over 0/1 correctness.
 
 For one benchmark and one seed, with ``correct[p]`` the list of 0/1 outcomes of problem p's samples:
 

@@ -5,7 +5,7 @@ A dataset spec is one of
 * a registry name (:data:`REGISTRY`): read from ``<data_dir>/<file>`` when that file exists (``data_dir``
   argument, else ``$RLSTEER_DATA_DIR``), else from the copy packaged with rlsteer (the six paper benchmarks,
   GSM8K test and MATH train; ``rlsteer/packaged_data``, checked against its manifest's sha256), else
-  downloaded by HF id with the field mapping of reference-semantics §3 (needs ``pip install 'rlsteer[hub]'``);
+  downloaded by HF id with the field mapping of docs/semantics.md#evaluation (needs ``pip install 'rlsteer[hub]'``);
 * ``hub:NAME``: registry name NAME downloaded from the hub even where a local or packaged copy exists;
 * a local ``.jsonl`` / ``.parquet`` file, or a folder of them, with ``problem`` and ``answer`` fields
   (``id`` optional; ``question`` is accepted for ``problem``);
@@ -268,7 +268,7 @@ def _to_problems(rows: Iterable[tuple[int, dict[str, Any]]], origin: Path | str,
 
 
 def _answer_text(answer: Any) -> str | None:
-    """Answers as strings: ``27.0`` → ``"27"``; a boxed answer is unboxed (reference-semantics §3)."""
+    """Answers as strings: ``27.0`` → ``"27"``; a boxed answer is unboxed (docs/semantics.md#evaluation)."""
     from rlsteer.rewards import last_boxed
 
     if answer is None:

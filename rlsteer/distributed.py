@@ -2,8 +2,8 @@
 
 Each rank owns a contiguous slice of the step's prompt groups, samples and scores them with its own engine
 and computes its share of the gradient; gradients are summed with one all-reduce (the vectors are tiny),
-so every rank applies the same Adam step and no weights are ever broadcast (DESIGN §4). Rank 0 logs and
-writes the run directory. Without the launcher's environment everything here is a no-op on one rank.
+so every rank applies the same Adam step and no weights are ever broadcast (docs/semantics.md#optimizer).
+Rank 0 logs and writes the run directory. Without the launcher's environment everything here is a no-op on one rank.
 
 Example:
     >>> world = World()  # a plain `python` process: one rank

@@ -1,9 +1,9 @@
-"""The Math-Verify reward (reference-semantics §2): extraction, gold normalisation, and a process pool.
+"""The Math-Verify reward (docs/semantics.md#rewards): extraction, gold normalisation, and a process pool.
 
 Extraction follows the authors: the last ``\\boxed{…}`` (else ``\\fbox{…}``) with brace matching for the
 qwen-math / chat / plain templates, the last ``<answer>…</answer>`` for r1; no answer means a wrong answer.
 The gold is parsed from ``\\boxed{answer}`` and ``verify(gold, prediction)`` is called gold first. Rewards
-are ±1 by default (0/1 on request). For models that never box their answers (DESIGN §6),
+are ±1 by default (0/1 on request). For models that never box their answers (docs/semantics.md#rewards),
 ``extraction="number"`` takes the last number in the completion (as GSM8K graders do), and
 ``extraction="any"`` lets Math-Verify search the whole completion. Beware ``any`` on arithmetic: Math-Verify
 evaluates expressions it finds, so a completion that merely restates the question ("2 + 7 is …") counts

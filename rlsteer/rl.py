@@ -1,4 +1,4 @@
-"""The RLOO objective as the authors implemented it (DESIGN §2, reference-semantics §2), as pure functions.
+"""The RLOO objective as the authors implemented it (docs/semantics.md#objective), as pure functions.
 
 Per optimizer step: B prompts × N samples from the current steered policy; rewards r [B, N];
 leave-one-out advantages a = r − mean(other N−1 rewards); and the loss

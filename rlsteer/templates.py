@@ -1,4 +1,4 @@
-"""Prompt templates, stop tokens and the prefix option (reference-semantics §2, §7, §10).
+"""Prompt templates, stop tokens and the prefix option (docs/semantics.md#templates, #prefix, #transfer).
 
 ==========  =====================================================================================
 template    prompt

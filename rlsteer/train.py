@@ -1,4 +1,4 @@
-"""``train(cfg)``: RLOO training of steering vectors on a frozen model (DESIGN §2), resumable.
+"""``train(cfg)``: RLOO training of steering vectors on a frozen model (docs/semantics.md#objective), resumable.
 
 One step, top to bottom:
 
@@ -71,7 +71,7 @@ class TrainingError(RlsteerError):
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train steering vectors as ``cfg`` says; returns the run directory (see DESIGN §1 for its layout).
+    """Train steering vectors as ``cfg`` says; returns the run directory (its layout: :mod:`rlsteer.rundir`).
 
     Under ``torchrun``/``accelerate launch`` each process is one data-parallel rank (see
     :mod:`rlsteer.distributed`); rank 0 logs and writes the run directory.

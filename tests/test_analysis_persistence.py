@@ -16,9 +16,9 @@ from rlsteer.templates import build_prompt
 QUESTIONS = ("What is 2 + 3?", "Compute 7 * 8.", "Solve x + 1 = 4.")
 
 
-def stacked(d: int = 64, layers=(0, 1, 2, 3)) -> SteeringVectors:
+def stacked(d: int = 64, layers=(0, 1, 2, 3), scale: float = 2.0) -> SteeringVectors:
     g = torch.Generator().manual_seed(0)
-    return SteeringVectors.from_dict({("resid_post", i): 2 * torch.randn(d, generator=g) for i in layers})
+    return SteeringVectors.from_dict({("resid_post", i): scale * torch.randn(d, generator=g) for i in layers})
 
 
 def test_blocks_below_the_injection_layer_do_not_move(tiny):
@@ -70,6 +70,71 @@ def test_dataset_reference_differs_from_the_per_sequence_one(tiny):
     b = {(r["injection"], r["layer"]): r["diff_diff"] for r in data["records"]}
     assert a[0, 0] == pytest.approx(b[0, 0]) and a[0, 3] != pytest.approx(b[0, 3])
     assert [r["diff_vector"] for r in seq["records"]] == [r["diff_vector"] for r in data["records"]]
+
+
+def block_outputs(model, ids, vector=None):
+    """Z_ℓ [T, d] (float64) of every block for one sequence, read by hooks written here, with ``vector`` at
+    resid_post of its layer when given."""
+    seen = {}
+    with torch.no_grad(), steer(model, vector or {}):  # hooks run in order: these after the steering's own
+        handles = [layer.register_forward_hook(
+            lambda _m, _a, out, n=n: seen.__setitem__(n, (out[0] if isinstance(out, tuple) else out)[0].double()))
+            for n, layer in enumerate(model.model.layers)]
+        try:
+            model.model(input_ids=torch.tensor([ids]))
+        finally:
+            for h in handles:
+                h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("reference", ["sequence", "dataset"])
+def test_metrics_equal_a_hand_computation(tiny, reference):
+    """Diff-Diff, Diff-Vector and the mean shift recomputed from the teacher-forced sequences.
+
+    Kills: swapping the per-sequence and the dataset Diff-Diff reference; comparing Diff-Vector with the first
+    token's shift ΔF_{ℓ,i}[0] (or any other shift) instead of s_ℓ; keeping the positions the reference drops.
+    """
+    model, tok = tiny("llama")
+    # unlike texts and a small vector, so that shifts vary between sequences and the two references differ
+    texts = ("2+3", "The quick brown fox jumps over the lazy dog while the cat sleeps", "Solve x + 1 = 4.")
+    prompts = [build_prompt(tok, q, "plain") for q in texts]
+    vectors = stacked(scale=0.3)
+    fed: list[tuple[int, ...]] = []  # the sequences the analysis teacher-forces (one row, whole length)
+    handle = model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(tuple(kw["input_ids"][0].tolist()))
+        if kw["input_ids"].shape == (1, kw["input_ids"].shape[1]) and kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        result = persistence(model, tok, vectors, prompts, PersistenceConfig(text="base", max_new_tokens=6,
+                                                                              reference=reference), progress=False)
+    finally:
+        handle.remove()
+    sequences = list(dict.fromkeys(fed))
+    assert len(sequences) == len(prompts)
+    records = {(r["injection"], r["layer"]): r for r in result["records"]}
+    contrast = {"reference": 0.0, "first_token": 0.0}  # how far the wrong versions would be
+    for i in range(4):
+        s_i = vectors.vector(("resid_post", i))
+        base = [block_outputs(model, ids) for ids in sequences]
+        steered = [block_outputs(model, ids, {i: s_i}) for ids in sequences]
+        for ell in range(i, 4):
+            deltas = [st[ell][:-1] - b[ell][:-1] for st, b in zip(steered, base, strict=True)]  # [T − 1, d] each
+            every = torch.cat(deltas)
+            s_ell = vectors.vector(("resid_post", ell)).double()
+            cos = torch.nn.functional.cosine_similarity
+            per_sequence = torch.cat([cos(d, d.mean(0, keepdim=True)) for d in deltas]).mean().item()
+            dataset = cos(every, every.mean(0, keepdim=True)).mean().item()
+            diff_vector = cos(every, s_ell[None]).mean().item()
+            first_token = torch.cat([cos(d, d[:1]) for d in deltas]).mean().item()
+            record = records[i, ell]
+            assert record["tokens"] == every.shape[0] == sum(len(ids) - 1 for ids in sequences)
+            assert record["diff_diff"] == pytest.approx(per_sequence if reference == "sequence" else dataset, abs=1e-5)
+            assert record["diff_vector"] == pytest.approx(diff_vector, abs=1e-5)
+            assert record["mean_shift_norm"] == pytest.approx(every.mean(0).norm().item(), rel=1e-5)
+            contrast["reference"] = max(contrast["reference"], abs(per_sequence - dataset))
+            contrast["first_token"] = max(contrast["first_token"], abs(diff_vector - first_token))
+    assert min(contrast.values()) > 0.02, contrast  # the checks above tell the right metric from the wrong one
 
 
 def test_cli_writes_tables_and_both_figures(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -74,6 +75,22 @@ def test_records_cover_every_generation_position_of_stopped_samples(tiny):
     groups = group_by_token(records)
     assert [g["max"] for g in groups] == sorted((g["max"] for g in groups), reverse=True)
     assert sum(g["count"] for g in groups) == len(records)
+
+
+def test_only_completions_that_stop_are_teacher_forced(tiny):
+    """Kills: dropping the "keep only completions that end with a stop token" filter (the reference skips the
+    others). Every completion starts with <|im_end|>; half the prompts do not stop on it, so they run to the
+    token limit and must leave no record."""
+    model, tok = tiny("qwen3")
+    never = tok.convert_tokens_to_ids("<|endoftext|>")  # a stop id the steered model does not produce
+    built = [build_prompt(tok, f"What is {k} + 1?", "qwen-math") for k in range(4)]
+    prompts = [p if k % 2 == 0 else replace(p, stop_ids=(never,)) for k, p in enumerate(built)]
+    records, kept = token_shifts(model, tok, stop_vector(model, tok), prompts,
+                                 ShiftConfig(max_new_tokens=3, temperature=0.05), progress=False)
+    assert [r.request.prompt_ids for r in kept] == [built[0].ids, built[2].ids]
+    assert all(r.token_ids[-1] in r.request.stop_ids for r in kept)
+    assert sorted({x["sequence"] for x in records}) == [0, 1]
+    assert len(records) == sum(r.num_tokens + 1 for r in kept)
 
 
 def test_cli_writes_records_figure_and_case_study(tmp_path, tiny, capsys):

@@ -1,6 +1,8 @@
-"""Circuit patching (reference-semantics §5): identities between variants, head locality, Appendix I."""
+"""Circuit patching (docs/semantics.md#patching): identities between variants, head locality, Appendix I."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -17,25 +19,62 @@ def logits(model, ids, mask):
     return model(ids, attention_mask=mask).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
-def test_full_equals_resid_pre(tiny, batch, family):
+def with_down_proj_bias(model: nn.Module, layer: int, s: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose block ``layer`` carries ``s`` as its MLP ``down_proj`` bias: the authors'
+    parameterisation of a steering vector, computed by the model's own forward with no hooks at all."""
+    twin = copy.deepcopy(model)
+    down = architecture_of(twin).mlp(layer).down_proj
+    assert down.bias is None
+    down.bias = nn.Parameter(s.clone(), requires_grad=False)
+    return twin
+
+
+# the families whose block output is X + attn + MLP(…) with down_proj last (no norm after the MLP)
+BIAS_FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "olmo", "phi3"]
+
+
+@pytest.mark.parametrize("family", BIAS_FAMILIES)
+def test_resid_post_and_skip_layer_equal_a_down_proj_bias(tiny, batch, family):
+    """resid_post ℓ and the skip_layer patch of block ℓ both add s after block ℓ's MLP: the down_proj bias of
+    block ℓ. Kills a wrong hook mapping in install_residual (e.g. either on block ℓ's input, or on its attention)."""
     model, tok = tiny(family)
     ids, mask = batch(tok)
     s = torch.randn(64)
-    with patch(model, s, LAYER, "full"):
-        full = logits(model, ids, mask)
-    with steer(model, {Entry("resid_pre", LAYER): s}):
-        assert torch.equal(full, logits(model, ids, mask))
+    expected = logits(with_down_proj_bias(model, LAYER, s), ids, mask)
+    assert not torch.allclose(expected, logits(model, ids, mask), atol=1e-3)
+    with steer(model, {Entry("resid_post", LAYER): s}):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
+    with patch(model, s, LAYER, "skip_layer"):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_skip_layer_equals_resid_post(tiny, batch):
-    model, tok = tiny("llama")
+@pytest.mark.parametrize("family", BIAS_FAMILIES)
+def test_resid_pre_and_full_equal_the_previous_blocks_down_proj_bias(tiny, batch, family):
+    """resid_pre ℓ and the full patch of block ℓ (Q, K, V from LN1(X + s), residual X + s) are s added to the
+    input of block ℓ, i.e. the down_proj bias of block ℓ − 1. Kills a wrong hook mapping (e.g. on block ℓ's
+    output, or s seen by the attention but not carried in the residual)."""
+    model, tok = tiny(family)
     ids, mask = batch(tok)
     s = torch.randn(64)
-    with patch(model, s, LAYER, "skip_layer"):
-        skip = logits(model, ids, mask)
-    with steer(model, {LAYER: s}):
-        assert torch.equal(skip, logits(model, ids, mask))
+    expected = logits(with_down_proj_bias(model, LAYER - 1, s), ids, mask)
+    with steer(model, {Entry("resid_pre", LAYER): s}):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
+    with patch(model, s, LAYER, "full"):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_resid_pre_and_full_of_block_0_add_to_the_embeddings(tiny, batch, family):
+    """At block 0 the input is the token embedding: the model fed embeddings + s gives the same logits."""
+    model, tok = tiny(family)
+    ids, mask = batch(tok)
+    s = torch.randn(64)
+    with torch.no_grad():
+        expected = model(inputs_embeds=model.get_input_embeddings()(ids) + s, attention_mask=mask).logits
+    with steer(model, {Entry("resid_pre", 0): s}):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
+    with patch(model, s, 0, "full"):
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma", "phi3"])

@@ -1,4 +1,4 @@
-"""Exact identities of the residual sites (DESIGN §5): the backbone of the steering core."""
+"""Exact identities of the residual sites (docs/semantics.md#sites): the backbone of the steering core."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pack the evaluation and training sets into rlsteer/packaged_data (gzip + manifest.json).
 
-Run:  .venv/bin/python tools/pack_data.py ../shared/data
+Run:  .venv/bin/python tools/pack_data.py DATA_DIR    (a folder of the original <file>.jsonl files)
 
 Each ``<file>.jsonl`` becomes ``<file>.jsonl.gz`` (gzip level 9, no name and mtime 0, so the bytes depend on
 the content only) and one manifest entry: the sha256 of the JSONL text and of the gzip file, the number of
@@ -80,5 +80,5 @@ def main(source: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: tools/pack_data.py DATA_DIR (a folder with the JSONL files, e.g. ../shared/data)")
+        raise SystemExit("usage: tools/pack_data.py DATA_DIR (a folder with the original JSONL files)")
     main(Path(sys.argv[1]))

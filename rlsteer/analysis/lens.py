@@ -1,4 +1,4 @@
-"""Logit lens of steering vectors (reference-semantics §8; paper Table 8).
+"""Logit lens of steering vectors (docs/semantics.md#lens; paper Table 8).
 
 For a vector s and the unembedding W_U [V, d] (the lm_head rows; no final norm unless asked):
 

@@ -1,4 +1,4 @@
-"""Attention-head patching sweeps (reference-semantics §5; paper Fig. 5, 7, 8).
+"""Attention-head patching sweeps (docs/semantics.md#patching; paper Fig. 5, 7, 8).
 
 One trained vector (the paper: the penultimate block's s_{L−2}) is moved into the block it feeds and
 patched into its circuit in every way the paper does, each variant evaluated with the evaluation protocol:

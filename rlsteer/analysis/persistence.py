@@ -1,4 +1,4 @@
-"""Persistence of single-layer vectors through later layers (reference-semantics §6; paper Fig. 2, 3, App. D).
+"""Persistence of single-layer vectors through later layers (docs/semantics.md#persistence; paper Fig. 2, 3, App. D).
 
 Input: stacked single-layer vectors S = [s_i] (``resid_post`` entries, one per injection layer i, each from
 its own single-layer run; :mod:`rlsteer.analysis.sweep` builds the file). For every prompt and injection

@@ -1,4 +1,4 @@
-"""The prefix experiment (reference-semantics §7; paper Fig. 4 right): how much of the vector is a prefix token?
+"""The prefix experiment (docs/semantics.md#prefix; paper Fig. 4 right): how much of the vector is a prefix token?
 
 Three conditions under the evaluation protocol, each greedy and sampled: the base model, the base model
 with the prefix token ("To" for Qwen, "Step" for Llama-Instruct) appended right after the generation

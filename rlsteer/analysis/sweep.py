@@ -1,4 +1,4 @@
-"""Sweeps (paper Fig. 1, Fig. 12, reference-semantics §1, §9, §11): one vector per layer, orthogonal series, scales.
+"""Sweeps (paper Fig. 1, Fig. 12; docs/semantics.md#steering, #orthogonal, #other): one vector per layer, orthogonal series, scales.
 
 * **layers** — train one single-layer vector per layer (sequentially here, resuming finished and partial
   runs, or written out as independent jobs for a cluster), evaluate each, stack them into one vector file

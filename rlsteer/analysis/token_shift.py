@@ -1,4 +1,4 @@
-"""Token-level probability shifts Δp (reference-semantics §7; paper Fig. 4/13 left, Fig. 6).
+"""Token-level probability shifts Δp (docs/semantics.md#token-shift; paper Fig. 4/13 left, Fig. 6).
 
 1. sample one completion per prompt from the **steered** model (T = 1, per-prompt seeds) and keep those
    that end with a stop token;

@@ -1,4 +1,4 @@
-"""Transfer of vectors between models (reference-semantics §10; paper Table 1 and Tables 9–15).
+"""Transfer of vectors between models (docs/semantics.md#transfer; paper Table 1 and Tables 9–15).
 
 Each recipient model R is evaluated without vectors, with its own vector s_R, and with every donor's
 vector s_D copied layer for layer (same depth and width required), always with R's prompt template. The

@@ -1,6 +1,6 @@
 """The transformers rollout backend: batched, left-padded decoding with a KV cache and steering active.
 
-It is the reference for correctness (DESIGN §4): an explicit decode loop, so that every request has its
+It is the reference for correctness (docs/semantics.md#rollouts): an explicit decode loop, so that every request has its
 own seed and stop tokens, returns the sampled tokens' log-probs, and works with any steering site or patch.
 
 Example:

@@ -4,7 +4,7 @@ No patched packages and no fork: rlsteer registers steered variants of vLLM's ow
 (:mod:`rlsteer.rollout.vllm_models`, through the ``vllm.general_plugins`` entry point and explicitly here)
 under new architecture names, and the engine is told to use them with ``hf_overrides``. A steered class
 gives every decoder layer's ``mlp.down_proj`` and ``self_attn.o_proj`` a zero bias. A bias on ``down_proj``
-is exactly ``resid_post`` (DESIGN §2, proven by the HF test suite) and a bias on ``o_proj`` is exactly
+is exactly ``resid_post`` (docs/semantics.md#sites, proven by the HF test suite) and a bias on ``o_proj`` is exactly
 ``attn_out``, so the sites map as
 
 ==========================  ======================================

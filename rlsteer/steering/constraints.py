@@ -1,4 +1,4 @@
-"""Orthogonality constraint for steering vectors (paper Appendix F, reference-semantics §9).
+"""Orthogonality constraint for steering vectors (paper Appendix F; docs/semantics.md#orthogonal).
 
 A constrained vector is parameterised as s = (I − B Bᵀ) u with B an orthonormal basis of fixed vectors and
 u the trained parameter, so s stays orthogonal to them at every step (the projection is applied in fp32

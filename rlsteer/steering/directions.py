@@ -1,7 +1,7 @@
 """Steering vectors built from the model itself rather than trained.
 
 ``unembedding_direction`` is the "insert a token direction" experiment of the authors' code
-(reference-semantics §11, ``insert_vector``): the lm_head row of a token, unit-normalised and scaled,
+(``insert_vector``; docs/semantics.md#other): the lm_head row of a token, unit-normalised and scaled,
 placed at one layer. Added at the last layer it raises that token's logit everywhere, which is what a
 trained last-layer vector mostly does for "To" (paper §5).
 

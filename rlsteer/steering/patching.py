@@ -1,7 +1,7 @@
 """Circuit patching: a vector moved to the input of block ℓ, with parts of the block kept vanilla.
 
 :func:`patch` puts any vector into block ℓ as one variant (for one head or a set of heads);
-:func:`patch_from` turns a trained vector into the patch of the block it feeds, as the paper's §5 does. The
+:func:`patch_from` turns a trained vector into the patch of the block it feeds, as the paper's §6 does. The
 variants are listed in :mod:`rlsteer.steering.sites`; the attention-branch machinery is in
 :mod:`rlsteer.steering.branch`.
 
@@ -58,7 +58,7 @@ def patch(model: nn.Module, vector: torch.Tensor, layer: int, variant: str,
 
 def patch_from(vectors: SteeringVectors, variant: str, *, layer: int | None = None,
                head: int | None = None) -> dict[Entry, torch.Tensor]:
-    """The circuit patch of the paper's §5: one trained vector moved into the block it feeds.
+    """The circuit patch of the paper's §6: one trained vector moved into the block it feeds.
 
     The vector at ``resid_post`` ℓ (or ``resid_pre`` ℓ + 1) is the input of block ℓ + 1 (:func:`fed_block`),
     so the patch goes there: ``full`` reproduces the unmodified vector, ``skip_attn`` hides it from that

@@ -1,4 +1,4 @@
-"""Named places where a steering vector enters block ℓ (DESIGN §2, reference-semantics §4–§5).
+"""Named places where a steering vector enters block ℓ (docs/semantics.md#sites, #places, #patching).
 
 With X the residual entering block ℓ, U = LN1(X), Y = X + Attn(U), Z = Y + MLP(LN2(Y)):
 
