@@ -56,9 +56,15 @@ class HFBackend:
 
     def generate(self, requests: Sequence[Request], vectors: object | None,
                  sampling: SamplingParams) -> list[Rollout]:
-        """Sample one completion per request, in request order, with ``vectors`` steering the model."""
-        order = sorted(range(len(requests)), key=lambda i: -requests[i].prompt_len)
-        results: dict[int, Rollout] = {}
+        """Sample one completion per request, in request order, with ``vectors`` steering the model.
+
+        A request whose prompt leaves no room under ``sampling.max_total_tokens`` gets an empty completion
+        without ever being prefilled, so the padding of a chunk is bounded by that budget.
+        """
+        empty = [i for i, r in enumerate(requests) if sampling.budget(r.prompt_len) == 0]
+        results: dict[int, Rollout] = {i: Rollout(requests[i], (), "", "length", () if sampling.logprobs else None)
+                                       for i in empty}
+        order = sorted((i for i in range(len(requests)) if i not in results), key=lambda i: -requests[i].prompt_len)
         bar = tqdm(total=len(requests), desc="generate", unit="seq", leave=False,
                    disable=None if self.progress is None else not self.progress)
         context = steer(self.model, vectors) if vectors is not None else nullcontext()  # type: ignore[arg-type]
@@ -68,6 +74,7 @@ class HFBackend:
                 for i, rollout in zip(chunk, self._generate_chunk([requests[i] for i in chunk], sampling), strict=True):
                     results[i] = rollout
                 bar.update(len(chunk))
+            bar.update(len(empty))
         return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:
