@@ -308,7 +308,7 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
         for shown, item in items:
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 continue
-            if not math.isfinite(item):
+            if isinstance(item, float) and not math.isfinite(item):
                 bounds = f"; it must be {rule.describe()}" if rule is not None and rule.describe() else ""
                 raise ConfigError(f"{shown}={item!r} is not a finite number{bounds}")
             problem = rule.problem(item) if rule is not None else None
@@ -358,8 +358,9 @@ def describe_differences(diff: Mapping[str, tuple[Any, Any]], at_most: int = 6) 
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "…"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text if len(text) <= 40 else text[:16] + "…"
+    return repr(text) if isinstance(value, str) else text
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from rlsteer.rundir import RunDir
 from rlsteer.samples import read_samples
 from rlsteer.steering.vectors import open_vector_file
 from tests.test_bad_input import EVAL, MODEL, SMALL, fails, files, vector_file
+from tests.test_interrupt import Child
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a two-step smoke run of 2 prompts × 2 samples
@@ -186,18 +188,18 @@ def hold(folder: Path, what: str) -> subprocess.Popen[str]:
 
 
 def test_one_owner_per_run_and_evaluation_folder(tmp_path, capsys):
+    """Two `rlsteer train … --resume` on one folder used to both run, each step logged twice."""
     run, out = tmp_path / "run", tmp_path / "eval"
-    args = [*TRAIN, f"run.dir={run}", "--resume"]
-    child = hold(run, "run")
+    first = Child([*TRAIN[:3], f"run.dir={run}", "rl.steps=1000", "run.checkpoint_every=1000", *SMALL, "--resume"])
     try:
-        fails(capsys, args, f"run {run} is in use by pid {child.pid} on ")
-        assert not (run / "metrics.jsonl").exists()
+        first.wait_for_step(1)
+        fails(capsys, [*TRAIN, f"run.dir={run}", "rl.steps=1", "--resume"],
+              f"run {run} is in use by pid {first.proc.pid} on ")
     finally:
-        child.kill()
-        child.wait()
+        first.stop(signal.SIGKILL)
     assert (run / LOCK).is_file()  # left behind by the killed owner: stale, so the next one takes over
-    assert main(args) == 0
-    assert f"{run} was left locked by pid {child.pid}" in output(capsys)[0]
+    assert main([*TRAIN, f"run.dir={run}", "--resume"]) == 0
+    assert f"{run} was left locked by pid {first.proc.pid} on " in output(capsys)[0]
     assert [m["step"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2] and not (run / LOCK).exists()
 
     child = hold(out, "evaluation")
@@ -245,7 +247,8 @@ def test_resume_says_when_there_is_nothing_to_resume(tmp_path, capsys):
 def test_names_never_escape_their_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("../../x", "/tmp/abs", "a/b", ".."):
-        fails(capsys, ["train", "smoke", f"run.name={name}"], f"run.name={name!r} is not a folder name")
+        fails(capsys, ["train", "smoke", f"run.name={name}", f"run.dir={tmp_path}/a/b/runs/{{name}}", "--dry-run"],
+              f"run.name={name!r} is not a folder name")
     assert main(["eval", *EVAL, "--prefix", "x/../../esc"]) == 0
     assert {Path(f).parts[0] for f in files(tmp_path)} == {"evals"}
     assert (tmp_path / "evals" / "base-prefix-x_.._.._esc" / "results.json").is_file()
@@ -405,8 +408,9 @@ def test_vector_files_keep_their_bytes_and_evaluations_their_identity(tmp_path, 
     assert main(["eval", str(tmp_path / "a.safetensors"), *EVAL[2:], "--out", str(out)]) == 0
     vectors.save(tmp_path / "a.safetensors", note="the same tensors, other metadata")
     assert main(["eval", str(tmp_path / "a.safetensors"), *EVAL[2:], "--out", str(out)]) == 0  # same identity
-    fails(capsys, ["eval", str(vector_file(tmp_path / "a.safetensors")), *EVAL[2:], "--out", out],
-          "another protocol or vector (vectors (")
+    line = fails(capsys, ["eval", str(vector_file(tmp_path / "a.safetensors")), *EVAL[2:], "--out", out],
+                 "holds an evaluation with another protocol or vector (")
+    assert "vectors ('" in line  # other tensors: named, with their hashes
 
 
 # ---------------------------------------------------------------------------------------------- 10. totals
