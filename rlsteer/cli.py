@@ -105,9 +105,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlsteer.config import TrainConfig, dump_yaml, load_config
+    from rlsteer.config import dump_yaml, load_train_config
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_train_config(args.config, args.overrides)  # a run's own config.yaml trains where the file is
     if args.dry_run:
         print(f"# resolved config of {args.config} (run directory: {cfg.run.path})")
         print(dump_yaml(cfg), end="")

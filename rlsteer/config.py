@@ -8,7 +8,7 @@ Sections that mean the same thing in training and evaluation are one class: samp
 Example:
     >>> cfg = load_config(TrainConfig, "smoke", ["rl.steps=3"])
     >>> cfg.rl.steps, cfg.rollout.temperature
-    (3, 1.0)
+    (3, 0.3)
     >>> load_config(EvalConfig, None, ["engine.reward_workers=0"])
     Traceback (most recent call last):
     ...
@@ -17,7 +17,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -30,16 +31,18 @@ from rlsteer.configload import (
     dump_yaml,
     load_config,
     preset_path,
+    ranged,
     read_yaml,
     to_dict,
 )
+from rlsteer.rundir import CONFIG, RunDir
 from rlsteer.templates import DEFAULT_TEMPLATE
 
 if TYPE_CHECKING:
     from rlsteer.rollout.base import SamplingParams
 
 __all__ = ["PRESETS", "ConfigError", "EvalConfig", "TrainConfig", "build", "config_hash", "dump_yaml", "load_config",
-           "preset_path", "read_yaml", "to_dict"]
+           "load_train_config", "preset_path", "read_yaml", "to_dict"]
 
 
 # ------------------------------------------------------------------------------------------ shared sections
@@ -57,11 +60,11 @@ class SamplingSection:
         max_total_tokens: prompt + completion at most (None: no limit); the tighter limit wins.
     """
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_new_tokens: int = 4096
-    max_total_tokens: int | None = 4096
+    temperature: float = ranged(1.0, ge=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    top_k: int = ranged(-1, ge=-1, why="-1 or 0 is off")
+    max_new_tokens: int = ranged(4096, ge=1)
+    max_total_tokens: int | None = ranged(4096, ge=2, why="the prompt and at least one new token")
 
     def sampling(self, *, logprobs: bool = False) -> SamplingParams:
         """These settings as the backends' :class:`rlsteer.rollout.SamplingParams`."""
@@ -85,9 +88,9 @@ class BackendSection:
     """
 
     backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 32
-    vllm_tensor_parallel_size: int = 1
-    vllm_gpu_memory_utilization: float = 0.5
+    batch_size: int = ranged(32, ge=1)
+    vllm_tensor_parallel_size: int = ranged(1, ge=1)
+    vllm_gpu_memory_utilization: float = ranged(0.5, gt=0, le=1)
     vllm_enforce_eager: bool = False
 
 
@@ -97,11 +100,12 @@ class VerifierSection:
 
     Attributes:
         timeout_s: hard per-answer verification timeout (the worker is killed past it).
-        workers: verification processes (0: verify in this process, without a timeout).
+        workers: verification processes; 0 verifies in this process without any deadline (quicker to start,
+            for tests and trusted answers: a verification that hangs then hangs the run, and rlsteer warns).
     """
 
-    timeout_s: float = 5.0
-    workers: int = 2
+    timeout_s: float = ranged(5.0, gt=0)
+    workers: int = ranged(2, ge=0, why="0 verifies in this process, without a deadline")
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,12 @@ class SteeringSection:
         lr_per_layer: per-layer learning rates (layer → lr) overriding ``optim.lr``.
     """
 
-    layers: Literal["all"] | tuple[int, ...] = "all"
+    layers: Literal["all"] | tuple[int, ...] = ranged("all", ge=0)
     sites: tuple[str, ...] = ("resid_post",)
-    head: int | None = None
+    head: int | None = ranged(None, ge=0)
     orthogonal_to: tuple[str, ...] = ()
     init: str | None = None
-    lr_per_layer: dict[int, float] | None = None
+    lr_per_layer: dict[int, float] | None = ranged(None, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ class DataSection:
 
     dataset: str = "math_train"
     data_dir: str | None = None
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     shuffle_seed: int = 0
     holdout: int = 0
     template: str = DEFAULT_TEMPLATE
@@ -198,11 +202,11 @@ class RewardSection(VerifierSection):
 class OptimSection:
     """Adam without weight decay, linear warmup then constant, global grad-norm clip (the authors')."""
 
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 10
-    max_grad_norm: float = 2.0
+    lr: float = ranged(1e-3, gt=0, le=1, why="Adam moves every coordinate by about lr per step")
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)
+    eps: float = ranged(1e-8, gt=0)
+    warmup_steps: int = ranged(10, ge=0)
+    max_grad_norm: float = ranged(2.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,11 @@ class RLSection:
             more forward); the loss pass then runs without the shared prompt cache.
     """
 
-    steps: int = 314
-    prompts_per_step: int = 128
-    samples_per_prompt: int = 16
+    steps: int = ranged(314, ge=1)
+    prompts_per_step: int = ranged(128, ge=1)
+    samples_per_prompt: int = ranged(16, ge=2, why="each sample's baseline is the other samples of its prompt")
     baseline: Literal["loo", "mean", "group_std"] = "loo"
-    micro_batch_size: int = 8
+    micro_batch_size: int = ranged(8, ge=1)
     seed: int = 0
     share_prompts: bool = True
     gradient_checkpointing: bool = False
@@ -242,9 +246,16 @@ class RunSection:
 
     name: str = "run"
     dir: str = "runs/{name}"
-    checkpoint_every: int = 50
+    checkpoint_every: int = ranged(50, ge=1)
     logger: Literal["none", "tensorboard", "wandb"] = "none"
     check_sync: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+            raise ConfigError(f"run.name={name!r} is not a folder name: it may not be empty, '.' or '..' nor hold "
+                              "'/' or '\\' (it would write outside run.dir's folder); give a plain name and put "
+                              "the run elsewhere with run.dir, e.g. run.dir=/data/runs/{name}")
 
     @property
     def path(self) -> Path:
@@ -263,6 +274,20 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     rl: RLSection = field(default_factory=RLSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+def load_train_config(source: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The :class:`TrainConfig` of ``source`` and ``overrides``, where a run's own ``RUN/config.yaml`` (a folder
+    with training records) trains in RUN wherever the folder has moved or been copied to, unless an override
+    sets ``run.dir`` or ``run.name``: the folder on the command line wins over the path saved in the file."""
+    cfg = load_config(TrainConfig, source, overrides)
+    file = Path(source)
+    run = RunDir(file.parent)
+    moved = file.name == CONFIG and file.is_file() and (run.metrics.is_file() or run.checkpoints.is_dir())
+    if moved and not any(o.split("=")[0].strip() in ("run.dir", "run.name", "run") for o in overrides):
+        here = str(file.parent).replace("{", "{{").replace("}", "}}")  # run.dir is a format string
+        cfg = replace(cfg, run=replace(cfg.run, dir=here))
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------- eval config
@@ -298,13 +323,13 @@ class TargetSection:
     """
 
     vectors: str | None = None
-    step: int | Literal["latest", "all", "best"] = "latest"
+    step: int | Literal["latest", "all", "best"] = ranged("latest", ge=1)
     scale: float = 1.0
     prefix: str | None = None
     template: str | None = None
     patch: str | None = None
-    patch_layer: int | None = None
-    patch_head: int | None = None
+    patch_layer: int | None = ranged(None, ge=0)
+    patch_head: int | None = ranged(None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -327,13 +352,13 @@ class ProtocolSection(SamplingSection):
     """
 
     benchmarks: tuple[str, ...] = ("gsm8k",)
-    n: dict[str, int] = field(default_factory=dict)
+    n: dict[str, int] = ranged({}, ge=1)
     seeds: tuple[int, ...] = (0,)
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     data_dir: str | None = None
     extraction: Literal["boxed", "number", "any"] = "boxed"
     normalize_scientific: bool = False
-    pass_k: tuple[int, ...] = ()
+    pass_k: tuple[int, ...] = ranged((), ge=1)
 
     def samples(self, benchmark: str) -> int:
         return 1 if self.temperature == 0 else self.n.get(benchmark, 1)
@@ -348,7 +373,7 @@ class EngineSection(BackendSection):
             hf, 512 for vllm).
     """
 
-    chunk: int | None = None
+    chunk: int | None = ranged(None, ge=1)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 :func:`load_config` builds any dataclass config (rlsteer's are in :mod:`rlsteer.config`) from a YAML file
 (or dict) and command-line overrides, checking every key and type, and suggesting the closest valid key for
-a typo. A config class may add its own checks of the loaded result with a ``checked(cfg, loaded)`` class
-method (see :class:`Loaded`) and name keys it renamed in a ``RENAMED`` class attribute.
+a typo. Every number must be finite, and a field declared with :func:`ranged` must lie in its range (the
+rule sits next to the field; :func:`check_ranges` applies them all, also to configs built in Python). A
+config class may add its own checks of the loaded result with a ``checked(cfg, loaded)`` class method (see
+:class:`Loaded`) and name keys it renamed in a ``RENAMED`` class attribute.
 :func:`config_hash` identifies a resolved config (it is recorded in vector files).
 
 Example:
@@ -17,7 +19,7 @@ Example:
     >>> load_config(Opt, {}, ["lrr=1"])
     Traceback (most recent call last):
     ...
-    rlsteer.config.ConfigError: unknown config key 'lrr'; did you mean 'lr'?
+    rlsteer.configload.ConfigError: unknown config key 'lrr'; did you mean 'lr'?
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -37,7 +40,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from rlsteer.errors import RlsteerError, first_line
+from rlsteer.errors import RlsteerError, decode_utf8, first_line
 
 T = TypeVar("T")
 
@@ -72,6 +75,7 @@ def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]
                               f"{raw.strip()}")
         _set_path(data, keys[-1].split("."), _override_value(key, raw))
     cfg = build(cls, data)
+    check_ranges(cfg)
     checked = getattr(cls, "checked", None)
     if checked is not None:
         checked(cfg, Loaded(source_data, tuple(keys)))
@@ -121,7 +125,7 @@ def preset_path(name: str | os.PathLike[str]) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     path = preset_path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {first_line(err)}") from None
     if data is None:
@@ -236,9 +240,127 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# ---------------------------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field (of each item, for a list or a mapping's values): bounds, each
+    inclusive (``ge``, ``le``) or strict (``gt``, ``lt``), and why, when the bound is not obvious."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    why: str = ""
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value`` in words, or None when it is in range."""
+        if self.ge is not None and value < self.ge or self.gt is not None and value <= self.gt \
+                or self.le is not None and value > self.le or self.lt is not None and value >= self.lt:
+            return f"it must be {self.describe()}{f' ({self.why})' if self.why else ''}"
+        return None
+
+    def describe(self) -> str:
+        """The range in words, e.g. ``more than 0 and at most 1``."""
+        parts = [f"{word} {_number(bound)}" for word, bound in (("at least", self.ge), ("more than", self.gt),
+                                                              ("at most", self.le), ("less than", self.lt))
+                 if bound is not None]
+        return " and ".join(parts)
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, why: str = "") -> Any:
+    """A dataclass field whose value (or each item of it) must lie in the given range.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Optim:
+        ...     lr: float = ranged(1e-3, gt=0, le=1)
+        >>> check_ranges(Optim(lr=0.0), "optim.")
+        Traceback (most recent call last):
+        ...
+        rlsteer.configload.ConfigError: optim.lr=0.0 is out of range: it must be more than 0 and at most 1
+    """
+    rule = Range(ge=ge, gt=gt, le=le, lt=lt, why=why)
+    if isinstance(default, (dict, list)):
+        factory = (lambda: copy.deepcopy(default))
+        return dataclasses.field(default_factory=factory, metadata={"range": rule})
+    return dataclasses.field(default=default, metadata={"range": rule})
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for the first non-finite number or value out of its field's range in the
+    dataclass config ``cfg`` (nested sections included), naming the key as ``section.key``."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, key + ".")
+            continue
+        rule: Range | None = f.metadata.get("range")
+        if isinstance(value, Mapping):
+            items = [(f"{key}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(key, value)]
+        for shown, item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if isinstance(item, float) and not math.isfinite(item):
+                bounds = f"; it must be {rule.describe()}" if rule is not None and rule.describe() else ""
+                raise ConfigError(f"{shown}={item!r} is not a finite number{bounds}")
+            problem = rule.problem(item) if rule is not None else None
+            if problem is not None:
+                raise ConfigError(f"{shown}={item!r} is out of range: {problem}")
+
+
+def _number(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-ready dict of a config (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and other values stay whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The keys whose values differ between two (nested) config dicts, as ``key → (old, new)``; a key one side
+    lacks has None there.
+
+    Example:
+        >>> differences({"optim": {"lr": 0.1, "eps": 1e-8}}, {"optim": {"lr": 0.01, "eps": 1e-8}})
+        {'optim.lr': (0.1, 0.01)}
+        >>> describe_differences({"optim.lr": (0.1, 0.01), "rl.seed": (0, 1)})
+        'optim.lr (0.1 → 0.01), rl.seed (0 → 1)'
+    """
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def describe_differences(diff: Mapping[str, tuple[Any, Any]], at_most: int = 6) -> str:
+    """``key (old → new), …`` for a message, the first ``at_most`` keys and how many more."""
+    shown = [f"{k} ({_short(old)} → {_short(new)})" for k, (old, new) in list(diff.items())[:at_most]]
+    more = f" and {len(diff) - at_most} more" if len(diff) > at_most else ""
+    return ", ".join(shown) + more
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text if len(text) <= 40 else text[:16] + "…"
+    return repr(text) if isinstance(value, str) else text
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -36,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rlsteer.errors import RlsteerError, first_line
+from rlsteer.errors import RlsteerError, decode_utf8, first_line
 from rlsteer.hub import looks_like_hub_id
 
 
@@ -223,8 +223,7 @@ def read_problems(path: Path, *, source: str | None = None) -> list[Problem]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        yield from _jsonl_lines(f, path)
+    yield from _jsonl_lines(decode_utf8(path.read_bytes(), path), path)  # not UTF-8: one line, with the offset
 
 
 def _jsonl_lines(lines: Iterable[str] | str, origin: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -30,6 +30,24 @@ class RlsteerError(ValueError):
         super().__init__(*(" ".join(a.splitlines()) if isinstance(a, str) else a for a in args))
 
 
+def decode_utf8(data: bytes, origin: str | os.PathLike[str]) -> str:
+    """``data`` (the bytes of the file ``origin``) as text; bytes that are not UTF-8 are one
+    :class:`RlsteerError` line naming the file, the line and the byte offset.
+
+    Example:
+        >>> decode_utf8(b"ok\\n\\xff", "data.jsonl")
+        Traceback (most recent call last):
+        ...
+        rlsteer.errors.RlsteerError: data.jsonl is not UTF-8 text: byte 0xff at offset 3 (line 2); save it as UTF-8
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise RlsteerError(f"{os.fspath(origin)} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset "
+                           f"{err.start} (line {line}); save it as UTF-8") from None
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line errors.
 

@@ -34,11 +34,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rlsteer.config import EvalConfig, to_dict
+from rlsteer.configload import check_ranges, describe_differences, differences
 from rlsteer.data import REGISTRY, Problem, data_origin, load_problems
-from rlsteer.errors import RlsteerError, writing
+from rlsteer.errors import RlsteerError, decode_utf8, first_line, writing
 from rlsteer.interrupt import Interrupted, interruptible
 from rlsteer.io import remove_leftovers, write_atomically
-from rlsteer.models import load_model
+from rlsteer.lock import owning
+from rlsteer.models import load_model, model_shape
 from rlsteer.results import csv_table, markdown_table, summarize, write_results
 from rlsteer.rewards import RewardBatch, RewardPool, extract_answer
 from rlsteer.rollout import Backend, Request, Rollout
@@ -47,9 +49,9 @@ from rlsteer.rundir import RunDir
 from rlsteer.samples import SAMPLES, append_samples, read_samples, sample_seed, samples_file
 from rlsteer.selection import Rule, select_run
 from rlsteer.steering.patching import PatchError, check_patch_fits
-from rlsteer.steering.vectors import SteeringVectors, VectorFile, open_vector_file
+from rlsteer.steering.vectors import SteeringVectors, VectorFile, check_entries_fit, open_vector_file
 from rlsteer.targets import Target, TargetError, resolve_defaults, resolve_targets, steering_for
-from rlsteer.templates import Prompt, build_prompt
+from rlsteer.templates import Prompt, build_prompt, check_template
 
 
 class EvalError(RlsteerError):
@@ -60,9 +62,12 @@ def evaluate(cfg: EvalConfig, *, log: Callable[[str], None] = print) -> list[dic
     """Evaluate every target ``cfg`` names; returns their results (also written to each output directory).
 
     SIGINT/SIGTERM raise :class:`rlsteer.interrupt.Interrupted` once the samples being written are on disk;
-    evaluating the same config again resumes.
+    evaluating the same config again resumes. Everything that needs no model weights (targets, vector files,
+    datasets, the vectors and patches against the model's config) is checked before the model loads.
     """
-    rule = _selection_rule(cfg)  # checked before anything runs
+    check_ranges(cfg)
+    rule = _selection_rule(cfg)
+    preflight(cfg)
     try:
         with interruptible(), EvalSession(cfg, log=log) as session:
             results = session.run(cfg)
@@ -109,6 +114,9 @@ class EvalSession:
                                              max_model_len=self.cfg.protocol.max_total_tokens, progress=False)
         self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values="zero_one")
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")  # model.dtype "auto" resolved
+        if cfg.reward.workers == 0:
+            log(f"note: reward.workers=0 verifies answers in this process without the {cfg.reward.timeout_s:g} s "
+                "deadline of reward.timeout_s (a verification that hangs stops the evaluation)")
 
     def __enter__(self) -> EvalSession:
         return self
@@ -141,15 +149,16 @@ class EvalSession:
             file = files.get(target.vectors) if target.vectors is not None else None
             steering = self._steering(file, cfg)  # checked before the output directory is made
             protocol = protocol_record(cfg, target, file, specs, benchmarks, dtype=self.dtype)
-            prepare_out(target.out, protocol)
-            self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
-            t0 = time.perf_counter()
-            for bench, problems in benchmarks.items():
-                for seed in cfg.protocol.seeds:
-                    run_benchmark(bench, seed, problems, prompts[bench], steering, self.backend, self.pool, cfg,
-                                  samples_file(target.out, bench, seed))
-            results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
-            write_results(target.out, results)
+            with owning(target.out, "evaluation", log=self.log):  # one process per output directory
+                prepare_out(target.out, protocol)
+                self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
+                t0 = time.perf_counter()
+                for bench, problems in benchmarks.items():
+                    for seed in cfg.protocol.seeds:
+                        run_benchmark(bench, seed, problems, prompts[bench], steering, self.backend, self.pool, cfg,
+                                      samples_file(target.out, bench, seed), log=self.log)
+                results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
+                write_results(target.out, results)
             self.log(f"{markdown_table(results)}\n\n{csv_table(results)}(in {target.out}/results.{{json,md,csv}}; "
                      f"{results['seconds']:.0f} s)")
             all_results.append(results)
@@ -157,14 +166,7 @@ class EvalSession:
 
     def _steering(self, file: VectorFile | None, cfg: EvalConfig) -> Any:
         """What the backend applies for one target (vectors, a circuit patch or None), checked against the model."""
-        vectors = SteeringVectors.load(file, self.model) if file is not None else None
-        try:
-            steering = steering_for(vectors, cfg)
-            if isinstance(steering, dict):
-                check_patch_fits(steering, self.model)
-        except (TargetError, PatchError) as err:
-            raise EvalError(str(err) if isinstance(err, TargetError) else f"target.{err}") from None
-        return steering
+        return _steering_of(SteeringVectors.load(file, self.model) if file is not None else None, cfg, self.model)
 
 
 def _checked_targets(cfg: EvalConfig) -> list[Target]:
@@ -174,19 +176,65 @@ def _checked_targets(cfg: EvalConfig) -> list[Target]:
         raise EvalError(str(err)) from None
 
 
+def preflight(cfg: EvalConfig) -> None:
+    """Raise the error the evaluation of ``cfg`` would meet, as far as it shows without the model's weights:
+    targets, vector files, the template, datasets and limits, and the vectors and patches against the
+    model's config. Writes nothing."""
+    targets = _checked_targets(cfg)
+    files = {t.vectors: open_vector_file(t.vectors) for t in targets if t.vectors is not None}
+    first = files.get(targets[0].vectors) if targets and targets[0].vectors is not None else None
+    cfg = resolve_defaults(cfg, targets, first.header if first is not None else None)
+    check_template(str(cfg.target.template), "target.template")
+    for spec in benchmark_specs(cfg.protocol.benchmarks).values():
+        load_problems(spec, data_dir=cfg.protocol.data_dir, limit=cfg.protocol.limit)
+    m = cfg.model
+    assert m.name is not None  # filled by resolve_defaults
+    shape = model_shape(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    for target in targets:
+        vectors = SteeringVectors.load(files[target.vectors]) if target.vectors is not None else None
+        if vectors is not None and shape is not None:
+            check_entries_fit(shape, vectors.d_model, vectors.entries, vectors.metadata)
+        _steering_of(vectors, cfg, shape)
+
+
+def _steering_of(vectors: SteeringVectors | None, cfg: EvalConfig, arch: Any) -> Any:
+    """What the backend applies for one target (vectors, a circuit patch or None), checked against ``arch`` (a
+    model, its shape, or None to check only what needs neither)."""
+    try:
+        steering = steering_for(vectors, cfg)
+        if isinstance(steering, dict) and arch is not None:
+            check_patch_fits(steering, arch)
+    except (TargetError, PatchError) as err:
+        raise EvalError(str(err) if isinstance(err, TargetError) else f"target.{err}") from None
+    return steering
+
+
 def run_benchmark(bench: str, seed: int, problems: Sequence[Problem], prompts: Sequence[Prompt], steering: Any,
-                  backend: Backend, pool: RewardPool, cfg: EvalConfig, path: Path) -> None:
+                  backend: Backend, pool: RewardPool, cfg: EvalConfig, path: Path, *,
+                  log: Callable[[str], None] = print) -> None:
     """Sample, score and append every missing (problem, sample) of one benchmark and seed to ``path``.
 
-    Scoring a chunk overlaps generating the next one (the verifier runs in worker processes).
+    Scoring a chunk overlaps generating the next one (the verifier runs in worker processes). A damaged line
+    of ``path`` is dropped and its sample drawn again. A prompt that leaves no room for an answer under
+    ``protocol.max_total_tokens`` is never run: its samples are recorded as wrong, with status
+    ``prompt_too_long`` (counted in the results), and a warning says how many.
     """
     p = cfg.protocol
     n = p.samples(bench)
-    done = {(r["problem_index"], r["sample"]) for r in read_samples(path)}
+    done = {(r["problem_index"], r["sample"]) for r in read_samples(path, repair=True, warn=log)}
     todo = [(i, k) for i in range(len(problems)) for k in range(n) if (i, k) not in done]
     if not todo:
         return
     sampling = p.sampling(logprobs=True)
+    too_long = [(i, k) for i, k in todo if sampling.budget(len(prompts[i].ids)) == 0]
+    if too_long:
+        longest = max(len(prompts[i].ids) for i, _ in too_long)
+        log(f"warning: {bench} seed {seed}: {len({i for i, _ in too_long})} prompt(s) are as long as "
+            f"protocol.max_total_tokens={p.max_total_tokens} or longer (the longest has {longest} tokens); they "
+            "are not run and count as wrong (prompt_too_long in the samples and results)")
+        append_samples(path, [_record(i, k, problems, prompts, bench, seed, sample_seed(seed, bench, i, k), "", None,
+                                      0.0, "prompt_too_long", "length", 0, None) for i, k in too_long])
+        todo = [key for key in todo if key not in set(too_long)]
     chunk = cfg.engine.chunk or (512 if cfg.engine.backend == "vllm" else cfg.engine.batch_size)
     bar = tqdm(total=len(problems) * n, initial=len(done), desc=f"{bench} seed {seed}", unit="sample",
                dynamic_ncols=True)
@@ -213,12 +261,20 @@ def _score(keys: Sequence[tuple[int, int]], rollouts: Sequence[Rollout], problem
     assert template is not None  # filled by resolve_defaults
     batch: RewardBatch = pool.score([r.text for r in rollouts], [problems[i].answer for i, _ in keys], template,
                                     extraction, normalize_scientific=cfg.protocol.normalize_scientific)
-    return [{"benchmark": bench, "seed": seed, "problem_index": i, "problem_id": problems[i].id, "sample": k,
-             "sample_seed": r.request.seed, "prompt": prompts[i].text, "completion": r.text,
-             "answer": extract_answer(r.text, template, extraction), "gold": problems[i].answer, "reward": reward,
-             "status": status, "finish_reason": r.finish_reason, "length": r.num_tokens,
-             "logprob": float(sum(r.logprobs)) if r.logprobs is not None else None}
+    return [_record(i, k, problems, prompts, bench, seed, r.request.seed, r.text,
+                    extract_answer(r.text, template, extraction), reward, status, r.finish_reason, r.num_tokens,
+                    float(sum(r.logprobs)) if r.logprobs is not None else None)
             for (i, k), r, reward, status in zip(keys, rollouts, batch.rewards, batch.statuses, strict=True)]
+
+
+def _record(i: int, k: int, problems: Sequence[Problem], prompts: Sequence[Prompt], bench: str, seed: int,
+            sample_seed: int, completion: str, answer: str | None, reward: float, status: str, finish_reason: str,
+            length: int, logprob: float | None) -> dict[str, Any]:
+    """One line of a samples file."""
+    return {"benchmark": bench, "seed": seed, "problem_index": i, "problem_id": problems[i].id, "sample": k,
+            "sample_seed": sample_seed, "prompt": prompts[i].text, "completion": completion, "answer": answer,
+            "gold": problems[i].answer, "reward": reward, "status": status, "finish_reason": finish_reason,
+            "length": length, "logprob": logprob}
 
 
 # ------------------------------------------------------------------------------------------- provenance
@@ -262,6 +318,7 @@ def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, sp
         "target": target.label,
         "vectors": str(target.vectors) if target.vectors else None,
         "vectors_sha256": file.sha256 if file is not None else None,
+        "vectors_tensors_sha256": file.tensors_sha256 if file is not None else None,
         "config": settings,
         "dtype": dtype,
         "samples_per_problem": {b: cfg.protocol.samples(b) for b in benchmarks},
@@ -278,16 +335,41 @@ def _version(package: str) -> str | None:
         return None
 
 
+def identity(protocol: dict[str, Any], *, by_file: bool = False) -> dict[str, Any]:
+    """What makes two evaluations the same (compared on resume): the sampling and scoring settings, the
+    problems (each dataset's content hash, not its path), the samples per problem and the vectors' tensors
+    (their hash, not the file's path or bytes). Paths are left out, so an evaluation folder, its run and its
+    data may move. ``by_file`` compares the vector file's bytes instead, for records older than the
+    tensors' hash."""
+    config = json.loads(json.dumps(protocol.get("config") or {}))
+    config.pop("out", None)
+    for section, keys in (("target", ("vectors", "step")), ("protocol", ("data_dir", "benchmarks"))):
+        for key in keys:
+            (config.get(section) or {}).pop(key, None)
+    data = {bench: {k: v for k, v in origin.items() if k != "file"} if isinstance(origin, dict) else origin
+            for bench, origin in (protocol.get("data") or {}).items()}
+    vectors = protocol.get("vectors_sha256" if by_file else "vectors_tensors_sha256")
+    return {"config": config, "data": data, "samples_per_problem": protocol.get("samples_per_problem"),
+            "vectors": vectors, "dtype": protocol.get("dtype", "float32")}  # records without one ran in float32
+
+
 def prepare_out(out: Path, protocol: dict[str, Any]) -> None:
-    """Create ``out`` with its protocol.json, or check that an existing one (a resume) matches."""
+    """Create ``out`` with its protocol.json, or check that an existing one (a resume) matches; a folder that
+    holds no samples yet (a start that failed) simply starts again."""
     path = out / "protocol.json"
-    key = {k: protocol[k] for k in ("vectors_sha256", "config", "samples_per_problem", "dtype")}
-    if path.is_file():
-        old = json.loads(path.read_text())
-        old.setdefault("dtype", "float32")  # written before the dtype was recorded: evaluations ran in float32
-        if {k: old.get(k) for k in key} != key:
-            raise EvalError(f"{out} holds an evaluation with another protocol or vector; pass another out= or "
-                            "delete it")
+    if path.is_file() and any(f.stat().st_size for f in (out / SAMPLES).glob("*.jsonl")):
+        try:
+            old = json.loads(decode_utf8(path.read_bytes(), path))
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not a record")
+        except (RlsteerError, ValueError) as err:
+            raise EvalError(f"{path} is damaged ({first_line(err)}), so the samples in {out} cannot be matched "
+                            "to a protocol; delete the folder (or pass another out=) to evaluate again") from None
+        by_file = not old.get("vectors_tensors_sha256") and bool(old.get("vectors_sha256"))
+        diff = differences(identity(old, by_file=by_file), identity(protocol, by_file=by_file))
+        if diff:
+            raise EvalError(f"{out} holds an evaluation with another protocol or vector ({describe_differences(diff)}"
+                            "); pass another out= or delete it")
     with writing(out):
         (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)  # of writes a kill -9 cut short

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,20 +91,82 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a metrics file (a torn last line from a crash is ignored)."""
-    if not path.is_file():
-        return []
+#: what every record holds and the report plots; a line where one of these is not a number is damaged
+NUMBERS = ("reward_mean", "accuracy", "len_mean", "truncated")
+
+
+def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every sound record of a metrics file, in order. A torn last line (a ``kill -9`` during its write) is
+    ignored quietly; any other damaged line (cut, not JSON, not a record, a value of the wrong type, bytes
+    that are not UTF-8) is skipped and reported to ``warn`` as ``file:line: what is wrong``."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    for line_no, record, problem in _lines(path):
+        if record is not None:
+            records.append(record)
+        elif warn is not None and problem != _TORN:
+            warn(f"{path}:{line_no}: {problem}; the line is skipped")
     return records
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only the records of steps ≤ ``last_step`` (used when resuming from a checkpoint), atomically."""
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+def truncate_metrics(path: Path, last_step: int) -> list[str]:
+    """Keep only the records of steps ≤ ``last_step`` (used when resuming from a checkpoint), atomically.
+
+    Returns a sentence for each damaged line dropped in the kept range, naming the step whose metrics it held
+    (told from its neighbours); the run itself resumes from its checkpoint whatever its log holds.
+    """
+    lines = _lines(path)
+    steps = [(n, int(r["step"])) for n, r, _ in lines if r is not None]
+    lost = []
+    for line_no, record, problem in lines:
+        if record is not None or problem == _TORN:
+            continue
+        before = max((s for n, s in steps if n < line_no), default=0)
+        after = min((s for n, s in steps if n > line_no), default=None)
+        if before >= last_step:
+            continue
+        missing = range(before + 1, min(after if after is not None else before + 2, last_step + 1))
+        which = (f"step {missing[0]}" if len(missing) == 1 else f"steps {missing[0]}–{missing[-1]}" if missing
+                 else "no step")
+        lost.append(f"{path}:{line_no} is damaged ({problem}) and was dropped: the metrics of {which} are lost "
+                    "(the vectors resume from the checkpoint all the same)")
+    kept = [r for _, r, _ in lines if r is not None and r["step"] <= last_step]
     write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return lost
+
+
+_TORN = "cut short at the end of the file"
+
+
+def _lines(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, record or None, what is wrong) for every non-blank line of a metrics file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    out: list[tuple[int, dict[str, Any] | None, str]] = []
+    raw_lines = data.split(b"\n")
+    for line_no, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        last = line_no == len(raw_lines)  # no newline after it: its write did not finish
+        record, problem = _record(raw)
+        out.append((line_no, record, _TORN if last and record is None else problem))
+    return out
+
+
+def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return None, f"byte 0x{raw[err.start]:02x} at offset {err.start} is not UTF-8"
+    except json.JSONDecodeError as err:
+        return None, f"not a whole JSON line ({err.msg})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not a record"
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        return None, f"step is {step!r}, not a step number"
+    for key, value in record.items():
+        if (key in NUMBERS or key.startswith("norm/")) and (isinstance(value, bool)
+                                                            or not isinstance(value, (int, float))):
+            return None, f"{key} is {value!r}, not a number"
+    return record, ""

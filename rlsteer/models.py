@@ -212,6 +212,47 @@ def config_identity(spec: str) -> dict[str, str]:
     return identity(spec, "", AutoConfig.from_pretrained(model_folder(spec)))
 
 
+def model_shape(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any | None:
+    """The geometry of model ``spec`` (``n_layers``, ``d_model``, ``n_heads``, ``n_kv_heads`` … as attributes)
+    from its config alone, for checks that should not wait for the weights; None when the config cannot be
+    read without the full load (a hub id outside the local cache, a GGUF file not converted yet). A spec that
+    is no alias, path or hub id is the usual :class:`ModelLoadError`.
+
+    Example:
+        >>> model_shape("tiny-random-qwen3").n_layers
+        4
+    """
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from rlsteer.architectures import shape_of
+
+    text, _ = _tiny_seed(spec, 0)
+    path = Path(text).expanduser()
+    if text in _TINY:
+        config = _tiny_config(_TINY[text], smollm2_tokenizer())
+    elif text == DEFAULT_MODEL or path.suffix == ".gguf" or path.exists() or looks_like_hub_id(text):
+        if text == DEFAULT_MODEL or path.suffix == ".gguf":
+            gguf = smollm2_gguf_path() if text == DEFAULT_MODEL else path
+            if not gguf.is_file():
+                return None
+            source: str | Path = _gguf_cache(gguf)
+        else:
+            source = path if path.exists() else text
+        try:
+            config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code,
+                                                local_files_only=True)
+        except Exception:  # noqa: BLE001 - not readable without the full load, which then says why
+            return None
+    else:
+        raise unknown_model(text)
+    try:
+        return SimpleNamespace(**shape_of(config))
+    except Exception:  # noqa: BLE001 - an unsupported architecture: the full load says so
+        return None
+
+
 def identity(name: str, revision: str, config: Any) -> dict[str, str]:
     """The identity record of a model called ``name`` at ``revision`` with this transformers ``config``."""
     from rlsteer.architectures import shape_of
@@ -290,13 +331,18 @@ def converted_gguf_folder(gguf: Path) -> Path:
     GGUF-loaded model, so the model is rebuilt from its config and state dict and saved from there. The
     cache key covers the file's path, size and modification time; the folder appears atomically.
     """
-    stat = gguf.stat()
-    # v2: the saved config no longer claims GGUF quantisation (its weights are dequantised fp32)
-    key = hashlib.sha256(f"v2|{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    target = _gguf_cache(gguf)
     if not (target / "config.json").is_file():
         _save_atomically(target, partial(_convert_gguf, gguf))
     return target
+
+
+def _gguf_cache(gguf: Path) -> Path:
+    """Where :func:`converted_gguf_folder` keeps ``gguf`` converted."""
+    stat = gguf.stat()
+    # v2: the saved config no longer claims GGUF quantisation (its weights are dequantised fp32)
+    key = hashlib.sha256(f"v2|{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -19,12 +19,14 @@ import base64
 import html
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, decode_utf8, first_line
 from rlsteer.io import write_atomically
+from rlsteer.metrics import NUMBERS, read_metrics
 from rlsteer.rundir import EVAL, RunDir, analysis_kind, find_runs
 
 #: (analysis folder kind, figure stem) → how to read it, and its paper counterpart
@@ -54,8 +56,54 @@ class ReportError(RlsteerError):
     pass
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+Warn = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"rlsteer: warning: {message}", file=sys.stderr)
+
+
+def _read_jsonl(path: Path, warn: Warn) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a damaged line is skipped with a warning naming file:line."""
+    rows = []
+    for line_no, raw in enumerate(path.read_bytes().splitlines() if path.is_file() else [], start=1):
+        try:
+            row = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        except (UnicodeDecodeError, ValueError) as err:
+            warn(f"{path}:{line_no}: not a JSON line ({first_line(err)}); the line is skipped")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        elif row is not None:
+            warn(f"{path}:{line_no}: a JSON {type(row).__name__}, not a record; the line is skipped")
+    return rows
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _curves(path: Path, warn: Warn) -> list[dict[str, Any]]:
+    """The sound records of a metrics file that hold what the training figure plots."""
+    records = []
+    for record in read_metrics(path, warn):
+        missing = [key for key in NUMBERS if key not in record]
+        if missing:
+            warn(f"{path}: the record of step {record['step']} has no {missing[0]}; it is left out of the figure")
+        else:
+            records.append(record)
+    return records
+
+
+def _load_result(path: Path, warn: Warn) -> dict[str, Any] | None:
+    """An evaluation's results.json, or None (with a warning) when it is damaged or not rlsteer's."""
+    try:
+        result = json.loads(path.read_bytes().decode("utf-8"))
+        _results_table(result)  # touches every field the report shows
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warn(f"{path}: not a readable rlsteer results file ({type(err).__name__}: {first_line(err)}); skipped")
+        return None
+    return dict(result)
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -133,11 +181,13 @@ def comparison_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
     return png_bytes(fig)
 
 
-def comparison_section(root: Path, results: Sequence[Path]) -> str:
+def comparison_section(root: Path, results: Sequence[Path], warn: Warn = _stderr) -> str:
     """Every evaluation under ``root`` side by side, one table and chart per protocol."""
     groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path in results:
-        result = json.loads(path.read_text())
+        result = _load_result(path, warn)
+        if result is None:
+            continue
         config = result.get("protocol", {}).get("config", {})
         key = json.dumps([config.get("model", {}).get("name"), config.get("protocol")], sort_keys=True)
         groups.setdefault(key, []).append((eval_label(root, path), result))
@@ -167,11 +217,11 @@ def comparison_section(root: Path, results: Sequence[Path]) -> str:
     return "\n".join(parts)
 
 
-def folder_section(root: Path) -> str:
+def folder_section(root: Path, warn: Warn = _stderr) -> str:
     """The overview of a folder of runs: reward curves of every run, then every evaluation side by side."""
     runs = [run.path for run in find_runs(root)]
     parts = [f"<h2>Overview: {html.escape(str(root))}</h2>"]
-    curves = [(run.name, m) for run in runs if (m := _read_jsonl(RunDir(run).metrics))]
+    curves = [(run.name, m) for run in runs if (m := _curves(RunDir(run).metrics, _quiet))]  # run_section warns
     if curves:
         parts.append(_img(reward_figure(curves), "training reward per run")
                      + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
@@ -179,10 +229,10 @@ def folder_section(root: Path) -> str:
     # the folder's own evaluations (baselines) first, then each run's
     results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != EVAL, str(p.parent)))
     if results:
-        parts.append(comparison_section(root, results))
+        parts.append(comparison_section(root, results, warn))
     else:
         parts.append("<p class='missing'>No evaluations under this folder yet.</p>")
-    return "\n".join(parts + [run_section(run) for run in runs])
+    return "\n".join(parts + [run_section(run, warn) for run in runs])
 
 
 def _results_table(result: dict[str, Any]) -> str:
@@ -207,24 +257,33 @@ def _results_table(result: dict[str, Any]) -> str:
     return f"{head}{''.join(rows)}</table>{extra}<p class='small'>{html.escape(note)}</p>"
 
 
-def _tokens_table(path: Path, top: int = 10) -> str:
+def _tokens_table(path: Path, warn: Warn, top: int = 10) -> str:
     """The tokens a vector promotes most (token-shift's tokens.jsonl), as a small table."""
-    rows = _read_jsonl(path)[:top]
+    rows = _read_jsonl(path, warn)[:top]
     cells = "".join(f"<tr><td>{html.escape(repr(r['token']))}</td><td>{r['count']}</td><td>{r['max']:+.3f}</td>"
                     f"<td>{r['mean']:+.3f}</td></tr>" for r in rows)
     return (f"<p>Top promoted tokens ({html.escape(str(path.parent.name))}), ranked by maximum Δp:</p><table><tr>"
             f"<th>token</th><th>positions</th><th>max Δp</th><th>mean Δp</th></tr>{cells}</table>")
 
 
-def run_section(run_dir: Path) -> str:
-    """The HTML of one run; what is missing is said, not fatal."""
+def run_section(run_dir: Path, warn: Warn = _stderr) -> str:
+    """The HTML of one run; what is missing or damaged is said, not fatal."""
     import yaml
 
     run = RunDir(run_dir)
     parts = [f"<h2>{html.escape(str(run_dir))}</h2>"]
     config_path = run.config
+    cfg: Any = None
     if config_path.is_file():
-        cfg = yaml.safe_load(config_path.read_text()) or {}
+        try:
+            cfg = yaml.safe_load(decode_utf8(config_path.read_bytes(), config_path)) or {}
+        except (RlsteerError, yaml.YAMLError) as err:
+            warn(f"{config_path} is unreadable ({first_line(err)}); the run's settings are left out")
+        sections = ("steering", "rl", "model", "data", "optim")
+        if cfg is not None and not (isinstance(cfg, dict) and all(isinstance(cfg.get(k, {}), dict) for k in sections)):
+            warn(f"{config_path} is not an rlsteer run config; the run's settings are left out")
+            cfg = None
+    if cfg is not None:
         s, rl = cfg.get("steering", {}), cfg.get("rl", {})
         parts.append(f"<p>{html.escape(str(cfg.get('model', {}).get('name')))} — sites "
                      f"{html.escape(str(s.get('sites')))} at layers {html.escape(str(s.get('layers')))}; "
@@ -232,7 +291,7 @@ def run_section(run_dir: Path) -> str:
                      f"{rl.get('samples_per_prompt')} samples; template "
                      f"{html.escape(str(cfg.get('data', {}).get('template')))}; "
                      f"lr {cfg.get('optim', {}).get('lr')}</p>")
-    metrics = _read_jsonl(run.metrics)
+    metrics = _curves(run.metrics, warn)
     if metrics:
         first, last = metrics[0], metrics[-1]
         parts.append("<h3>Training</h3>" + _img(training_figure(metrics), "training curves")
@@ -241,11 +300,11 @@ def run_section(run_dir: Path) -> str:
                        "Reward is ±1 per sample (Math-Verify), so accuracy = (reward + 1) / 2.</p>")
     else:
         parts.append("<p class='missing'>No training metrics (metrics.jsonl) in this directory.</p>")
-    results = sorted(run.eval_root.rglob("results.json")) if run.eval_root.is_dir() else []
+    files = sorted(run.eval_root.rglob("results.json")) if run.eval_root.is_dir() else []
     parts.append("<h3>Evaluations</h3>")
+    results = [(path, result) for path in files if (result := _load_result(path, warn)) is not None]
     if results:
-        for path in results:
-            result = json.loads(path.read_text())
+        for path, result in results:
             parts.append(f"<h4>{html.escape(str(path.parent.relative_to(run_dir)))}</h4>{_results_table(result)}")
     else:
         parts.append("<p class='missing'>No evaluations yet: <code>rlsteer eval " + html.escape(str(run_dir))
@@ -265,7 +324,7 @@ def run_section(run_dir: Path) -> str:
         if table.is_file() and png.stem in ("lens", "prefix", "patching", "persistence", "transfer"):
             parts.append(f"<pre>{html.escape(table.read_text())}</pre>")
     for tokens in sorted(root.rglob("tokens.jsonl")) if root.is_dir() else []:
-        parts.append(_tokens_table(tokens))
+        parts.append(_tokens_table(tokens, warn))
     for study in sorted(root.rglob("case_study.html")) if root.is_dir() else []:
         parts.append(f"<details><summary>Δp case study ({html.escape(str(study.parent.relative_to(root)))}): "
                      f"generated tokens shaded by how much the vector promoted some token there</summary>"
@@ -277,13 +336,15 @@ def run_section(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Path:
-    """Write one self-contained HTML report for ``run_dirs`` (atomically) and return its path."""
+def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                 warn: Warn = _stderr) -> Path:
+    """Write one self-contained HTML report for ``run_dirs`` (atomically) and return its path; damaged records
+    (a torn metrics line, a broken results.json) are left out with a warning to ``warn`` naming file:line."""
     dirs = [Path(d) for d in run_dirs]
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ReportError(f"not a directory: {', '.join(missing)}; pass run directories (runs/<name>)")
-    body = "\n".join(folder_section(d) if is_folder(d) else run_section(d) for d in dirs)
+    body = "\n".join(folder_section(d, warn) if is_folder(d) else run_section(d, warn) for d in dirs)
     page = ("<!doctype html><meta charset='utf-8'><title>rlsteer report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
             "img{max-width:100%;border:1px solid #eee}table{border-collapse:collapse;margin:.5em 0}"

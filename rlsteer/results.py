@@ -56,22 +56,26 @@ def summarize(out: Path, cfg: EvalConfig, benchmarks: dict[str, list[Problem]], 
         n = cfg.protocol.samples(bench)
         ks = tuple(k for k in cfg.protocol.pass_k if k <= n) or default_ks(n)
         seeds = {}
+        totals = dict.fromkeys(COUNTS.values(), 0)
         for seed in cfg.protocol.seeds:
-            records = read_samples(samples_file(out, bench, seed))
+            records: dict[tuple[int, int], dict[str, Any]] = {}
+            for r in read_samples(samples_file(out, bench, seed)):  # the first record of each sample counts
+                if r["problem_index"] < len(problems) and r["sample"] < n and "reward" in r:
+                    records.setdefault((r["problem_index"], r["sample"]), r)
+            if len(records) != len(problems) * n:
+                raise ResultsError(f"{bench} seed {seed}: {len(records)} of {len(problems) * n} samples present; run "
+                                   "the evaluation again to finish it")
             correct = [[0.0] * n for _ in problems]
-            seen = 0
-            for r in records:
-                correct[r["problem_index"]][r["sample"]] = float(r["reward"])
-                seen += 1
-            if seen != len(problems) * n:
-                raise ResultsError(f"{bench} seed {seed}: {seen} of {len(problems) * n} samples present; run the "
-                                "evaluation again to finish it")
+            for (i, k), r in records.items():
+                correct[i][k] = float(r["reward"])
+                if r.get("status") in COUNTS:
+                    totals[COUNTS[r["status"]]] += 1
             seeds[seed] = scores(correct, ks)
             per_seed_avg.setdefault(seed, {})[bench] = seeds[seed]["avg"]
         metrics = [m for m in next(iter(seeds.values())) if m not in ("n", "problems")]
         per_bench[bench] = {"n": n, "problems": len(problems), "seeds": {str(s): v for s, v in seeds.items()},
                             **{m: dict(zip(("mean", "std"), mean_std([v[m] for v in seeds.values()]), strict=True))
-                               for m in metrics}}
+                               for m in metrics}, **totals}
     results: dict[str, Any] = {"target": protocol["target"], "benchmarks": per_bench, "protocol": protocol}
     if all(b in benchmarks for b in PAPER_BENCHMARKS):
         mean, std, by_seed = headline(per_seed_avg)
@@ -80,6 +84,29 @@ def summarize(out: Path, cfg: EvalConfig, benchmarks: dict[str, list[Problem]], 
     if seconds is not None:
         results["seconds"] = seconds
     return results
+
+
+#: sample statuses counted per benchmark (over all seeds) in results.json, by the names training metrics use
+COUNTS = {"timeout": "verifier_timeouts", "parse_error": "parse_failures", "no_answer": "missing_answers",
+          "prompt_too_long": "prompts_too_long"}
+
+
+def count_notes(results: dict[str, Any]) -> list[str]:
+    """One line per benchmark with verifier timeouts, parse failures, missing answers or prompts too long.
+
+    Example:
+        >>> count_notes({"benchmarks": {"gsm8k": {"verifier_timeouts": 2, "parse_failures": 0,
+        ...                                       "missing_answers": 5}}})
+        ['gsm8k: 2 verifier timeouts, 5 missing answers (over all seeds; each counts as wrong)']
+    """
+    words = {"verifier_timeouts": "verifier timeouts", "parse_failures": "parse failures",
+             "missing_answers": "missing answers", "prompts_too_long": "samples of prompts over the token budget"}
+    notes = []
+    for bench, r in results["benchmarks"].items():
+        counts = [f"{r[key]} {word}" for key, word in words.items() if r.get(key)]
+        if counts:
+            notes.append(f"{bench}: {', '.join(counts)} (over all seeds; each counts as wrong)")
+    return notes
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
@@ -114,7 +141,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     if "headline" in results:
         h = results["headline"]
         lines += ["", f"Average over the six benchmarks (avg@n): {_cell(h['mean'], h['std'])}"]
-    return "\n".join(lines)
+    notes = count_notes(results)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def csv_table(results: dict[str, Any]) -> str:

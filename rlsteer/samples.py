@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlsteer.errors import writing
 from rlsteer.interrupt import held
+from rlsteer.io import write_atomically
 
 SAMPLES = "samples"
 
@@ -43,8 +44,15 @@ def sample_seed(seed: int, benchmark: str, problem: int, sample: int) -> int:
     return (((seed * 16_777_259 + bench) * 100_003 + problem) * 1_031 + sample) % (2**63)
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a samples file; a line cut short by an interruption is dropped from the file."""
+def read_samples(path: Path, *, repair: bool = False,
+                 warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The sound records of a samples file, in order.
+
+    A line cut short at the end of the file (an interrupted write) is cut off the file. Any other damaged
+    line (cut in the middle of the file, not JSON, not a sample record, bytes that are not UTF-8) is left
+    out and reported to ``warn`` as ``file:line``; with ``repair`` it is also removed from the file, so that
+    its sample is drawn again by a resumed evaluation.
+    """
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -52,7 +60,42 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     if end < len(data):  # the last write was interrupted: keep only whole records
         with path.open("r+b") as f:
             f.truncate(end)
-    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    records, kept, damaged = [], [], []
+    for line_no, raw in enumerate(data[:end].splitlines(keepends=True), start=1):
+        if not raw.strip():
+            continue
+        record, problem = _record(raw)
+        if record is None:
+            damaged.append(f"{path}:{line_no}: {problem}")
+        else:
+            records.append(record)
+            kept.append(raw)
+    for line in damaged:
+        if warn is not None:
+            warn(f"{line}; the line is dropped{' and its sample drawn again' if repair else ''}")
+    if damaged and repair:
+        write_atomically(path, b"".join(kept))
+    return records
+
+
+def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A samples line as a record, or None and what is wrong with it."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return None, f"byte 0x{raw[err.start]:02x} at offset {err.start} of the line is not UTF-8"
+    except json.JSONDecodeError as err:
+        return None, f"not a whole JSON line ({err.msg})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not a sample record"
+    for key in ("problem_index", "sample"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return None, f"{key} is {value!r}, not an index"
+    reward = record.get("reward", 0.0)
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        return None, f"reward is {reward!r}, not a number"
+    return record, ""
 
 
 def append_samples(path: Path, records: Sequence[dict[str, Any]]) -> None:

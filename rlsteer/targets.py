@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ def resolve_targets(cfg: EvalConfig) -> list[Target]:
     t = cfg.target
     suffix = "".join([f"-x{t.scale:g}" if t.scale != 1.0 else "", f"-prefix-{t.prefix}" if t.prefix else "",
                       f"-{t.patch}" if t.patch else "", f"-h{t.patch_head}" if t.patch_head is not None else ""])
+    suffix = folder_name(suffix)  # a prefix or patch is text: it names a folder, never a path
     if t.vectors is None:
         label = "base" + suffix
         return [Target(label, None, Path(cfg.out or EVALS / label))]
@@ -75,6 +77,16 @@ def resolve_targets(cfg: EvalConfig) -> list[Target]:
         return [Target(f"{run.name}/{label}{suffix}", file, root / label) for label, file in files]
     [(label, file)] = files
     return [Target(f"{run.name}/{label}{suffix}", file, Path(cfg.out or run.eval_dir(label + suffix)))]
+
+
+def folder_name(text: str) -> str:
+    """``text`` made safe as (part of) one folder name: path separators and control characters become ``_``.
+
+    Example:
+        >>> folder_name("-prefix-x/../../esc")
+        '-prefix-x_.._.._esc'
+    """
+    return re.sub(r"[/\\\x00-\x1f]", "_", text)
 
 
 def resolve_defaults(cfg: EvalConfig, targets: Sequence[Target], header: dict[str, str] | None = None) -> EvalConfig:

@@ -72,6 +72,12 @@ class Prompt:
     prefix: str | None = None
 
 
+def check_template(template: str, key: str = "template") -> None:
+    """Raise :class:`TemplateError` unless ``template`` names a template (``key`` is the option that gave it)."""
+    if template not in TEMPLATES:
+        raise TemplateError(f"{key}={template!r} is not a template; templates: {', '.join(TEMPLATES)}")
+
+
 def render(tokenizer: Any, problem: str, template: str = DEFAULT_TEMPLATE) -> tuple[str, bool]:
     """The prompt text before any prefix, and whether it came from the chat template."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))

@@ -20,12 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from torch import nn
 
 from rlsteer.architectures import architecture_of
 from rlsteer.checkpoint import Snapshot, load_checkpoint, save_checkpoint
-from rlsteer.config import TrainConfig, config_hash, dump_yaml, load_config, to_dict
+from rlsteer.config import TrainConfig, config_hash, to_dict
+from rlsteer.configload import check_ranges, describe_differences
 from rlsteer.data import Problem, load_problems, problems_jsonl, split_holdout
 from rlsteer.distributed import (
     SINGLE,
@@ -51,19 +52,20 @@ from rlsteer.distributed import (
 )
 from rlsteer.errors import RlsteerError
 from rlsteer.interrupt import Interrupted, held, interruptible
-from rlsteer.io import remove_leftovers, write_atomically
+from rlsteer.io import write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
-from rlsteer.models import load_model, model_folder, model_identity
+from rlsteer.models import load_model, model_folder, model_identity, model_shape
 from rlsteer.rewards import RewardBatch
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import Backend, Request, SamplingParams
 from rlsteer.rollout.factory import make_backend
 from rlsteer.rundir import RunDir
+from rlsteer.runstart import claim_run_dir, prepare_run_dir
 from rlsteer.scorers import Scorer, make_scorer
 from rlsteer.steering.hooks import steer
-from rlsteer.steering.sites import HEAD_SITES, Entry, head_limit
-from rlsteer.steering.vectors import SteeringVectors
-from rlsteer.templates import Prompt, build_prompt
+from rlsteer.steering.sites import HEAD_SITES, SITES, Entry, head_limit
+from rlsteer.steering.vectors import SteeringVectors, VectorFileError, check_entries_fit, open_vector_file
+from rlsteer.templates import Prompt, build_prompt, check_template
 
 
 class TrainingError(RlsteerError):
@@ -79,11 +81,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     SIGINT/SIGTERM stop the run cleanly: the step in progress is dropped, the last finished step is
     checkpointed (if it is not yet) and :class:`rlsteer.interrupt.Interrupted` says how to resume; the
     resumed run ends with the same vectors as an uninterrupted one.
+
+    Everything that can be checked before the model loads is (config ranges, the dataset, layers, heads and
+    sites against the model's config, vector files); the run directory is locked for the whole run (a second
+    process gets "in use by pid N"), and its ``config.yaml`` is written only once the model and the steering
+    have been checked too. A run with no checkpoint yet may simply be started again.
     """
+    check_ranges(cfg)
     world = init_world(cfg.model.device)
     try:
-        with interruptible():
-            return _train(cfg, resume, log if world.is_main else _silent, world)
+        with interruptible(), contextlib.ExitStack() as owned:
+            return _train(cfg, resume, log if world.is_main else _silent, world, owned)
     except Interrupted as stop:
         if RunDir(cfg.run.path).is_run():
             stop.resume = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
@@ -92,23 +100,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         close_world(world)
 
 
-def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World) -> Path:
+def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World,
+           owned: contextlib.ExitStack) -> Path:
+    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
+    problems, held_out = split_holdout(problems, cfg.data.holdout, cfg.data.shuffle_seed)
+    check_problem_count(len(problems), cfg)
+    check_template(cfg.data.template, "data.template")
+    world.shard(cfg.rl.prompts_per_step)  # fail early when the groups do not split over the ranks
+    check_steering(cfg, model_shape(cfg.model.name, revision=cfg.model.revision,
+                                    trust_remote_code=cfg.model.trust_remote_code))  # before the weights load
+    # one owner per run directory, and a run that may start (or resume) here, before the model loads
+    run, changes = on_main(lambda: claim_run_dir(cfg, resume=resume, owned=owned, log=log), world)
     # converted/tiny model folders are written once, by rank 0 (transformers' save_pretrained is a no-op on
     # other ranks); the others then read the cached copy
     on_main(lambda: model_folder(cfg.model.name) if cfg.rollout.backend == "vllm" or world.enabled else None, world)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=world.device(cfg.model.device),
                             revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
-    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
-    problems, held_out = split_holdout(problems, cfg.data.holdout, cfg.data.shuffle_seed)
-    if len(problems) < cfg.rl.prompts_per_step:
-        raise TrainingError(f"the dataset has {len(problems)} problems, fewer than rl.prompts_per_step="
-                            f"{cfg.rl.prompts_per_step}; lower it or use more data")
-    world.shard(cfg.rl.prompts_per_step)  # fail early when the groups do not split over the ranks
     prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
+    problems, prompts = within_budget(problems, prompts, cfg, log)
     vectors = build_vectors(model, cfg)
-    # the run directory appears only once the model, data and steering config have been checked, so bad
-    # input leaves no half-made run behind (which would then ask for --resume)
-    run = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
+    # config.yaml appears only once the model, data and steering config have been checked, so bad input
+    # leaves no half-made run behind
+    on_main(lambda: prepare_run_dir(cfg), world)
     if held_out and world.is_main:  # the validation split, for checkpoint selection (rlsteer.selection)
         write_atomically(run.holdout, problems_jsonl(held_out))
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -116,14 +129,20 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     start = 0
     if resume and (ckpt := run.latest_checkpoint()) is not None:
         start = load_checkpoint(ckpt, vectors, optimizer)["step"]
-        log(f"resuming {run.path} from {ckpt.name}")
-    if resume and world.is_main:  # drops the steps after the checkpoint (all of them when there is none)
-        truncate_metrics(run.metrics, start)
+        use_optim_config(optimizer, vectors, cfg)  # optim.* may have changed since the checkpoint
+        log(f"resuming {run.path} from {ckpt.name}"
+            + (f" with {describe_differences(changes)}" if changes else ""))
+    if world.is_main and run.metrics.is_file():  # drops the steps after the checkpoint (all when there is none)
+        for lost in truncate_metrics(run.metrics, start):
+            log(lost)
     backend = make_backend(cfg.model, cfg.rollout, model, tok, seed=cfg.rl.seed,
                            max_model_len=cfg.rollout.max_total_tokens, share_prompts=cfg.rl.share_prompts, world=world)
     sampling = cfg.rollout.sampling()
     tracker = make_tracker(cfg.run.logger if world.is_main else "none", run.path, to_dict(cfg))
     scorer = make_scorer(cfg, model, tok, prompts)
+    if cfg.reward.kind == "math" and cfg.reward.workers == 0:
+        log(f"note: reward.workers=0 verifies answers in this process without the {cfg.reward.timeout_s:g} s "
+            "deadline of reward.timeout_s (a verification that hangs stops the run)")
     ranks = f" on {world.size} ranks" if world.enabled else ""
     log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}{ranks}: {cfg.rl.steps} steps × "
         f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run.path}")
@@ -134,6 +153,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
             record = rl_step(step, [prompts[i] for i in batch], [problems[i] for i in batch], model, tok, vectors,
                              optimizer, backend, sampling, scorer, cfg, world)
             check_finite(step + 1, record, vectors, run)  # before anything of the step is written
+            if changes and step == start:
+                record["resumed_with"] = {key: list(pair) for key, pair in changes.items()}
             if cfg.run.check_sync:
                 record["checksum"] = check_in_sync(list(vectors.parameters()), world, step + 1)
             with held():  # SIGINT/SIGTERM wait until the finished step is logged (and checkpointed when due)
@@ -291,9 +312,45 @@ def build_vectors(model: nn.Module, cfg: TrainConfig) -> SteeringVectors:
     return vectors.to(next(model.parameters()).device)
 
 
+def check_problem_count(count: int, cfg: TrainConfig) -> None:
+    if count < cfg.rl.prompts_per_step:
+        raise TrainingError(f"the dataset has {count} problems, fewer than rl.prompts_per_step="
+                            f"{cfg.rl.prompts_per_step}; lower it or use more data")
+
+
+def within_budget(problems: list[Problem], prompts: list[Prompt], cfg: TrainConfig,
+                  log: Callable[[str], None]) -> tuple[list[Problem], list[Prompt]]:
+    """The problems whose prompt leaves room for at least one new token under ``rollout.max_total_tokens``;
+    the others are left out (never prefilled), with a warning."""
+    limit = cfg.rollout.max_total_tokens
+    keep = [i for i, p in enumerate(prompts) if limit is None or len(p.ids) < limit]
+    if len(keep) == len(prompts):
+        return problems, prompts
+    longest = max(len(p.ids) for p in prompts)
+    log(f"warning: {len(prompts) - len(keep)} of {len(prompts)} prompts are as long as rollout.max_total_tokens="
+        f"{limit} or longer (the longest has {longest} tokens) and leave no room to answer; they are left out")
+    check_problem_count(len(keep), cfg)
+    return [problems[i] for i in keep], [prompts[i] for i in keep]
+
+
 def check_steering(cfg: TrainConfig, arch: Any) -> None:
-    """Raise :class:`TrainingError` unless ``steering.layers`` and ``steering.head`` fit the model ``arch``."""
+    """Raise :class:`TrainingError` unless the steering sites exist and ``steering.layers``, ``steering.head``
+    and the vector files of ``steering.init`` / ``orthogonal_to`` fit the model ``arch`` (a loaded model's
+    :class:`rlsteer.architectures.Architecture`, or :func:`rlsteer.models.model_shape` of its config; None
+    checks what needs no model)."""
     s, name = cfg.steering, cfg.model.name
+    unknown = [site for site in s.sites if site not in SITES]
+    if unknown or not s.sites:
+        raise TrainingError(f"steering.sites has {unknown[0]!r}, not a site; sites are: {', '.join(SITES)}"
+                            if unknown else "steering.sites is empty; give at least one site, e.g. [resid_post]")
+    files = [open_vector_file(path) for path in (s.init, *s.orthogonal_to) if path is not None]  # or one line
+    for file in files if arch is not None else []:
+        try:
+            check_entries_fit(arch, int(file.header["d_model"]), [Entry.parse(n) for n in file.tensors], file.header)
+        except VectorFileError as err:
+            raise TrainingError(f"{file.path}: {err}") from None
+    if arch is None:
+        return
     if s.layers != "all":
         bad = [layer for layer in s.layers if not 0 <= layer < arch.n_layers]
         if bad:
@@ -333,28 +390,10 @@ def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, A
 # ------------------------------------------------------------------------------------------- run files
 
 
-def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> RunDir:
-    """Create the run directory and write ``config.yaml``; resuming checks the saved config matches."""
-    run = RunDir(cfg.run.path)
-    run_dir, saved = run.path, run.config
-    if saved.is_file():
-        if not resume:
-            raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-                                "run.name / run.dir")
-        previous = load_config(TrainConfig, saved)
-        comparable = replace(previous, rl=replace(previous.rl, steps=cfg.rl.steps), run=cfg.run)
-        if config_hash(comparable) != config_hash(cfg):
-            raise TrainingError(f"the config differs from the one {run_dir} was started with; resume with the "
-                                f"same settings (only rl.steps and run.* may change), e.g. rlsteer train {saved} "
-                                "--resume")
-    try:
-        write_atomically(saved, dump_yaml(cfg))
-        for folder in (run.path, run.checkpoints):
-            remove_leftovers(folder)  # of writes a kill -9 cut short
-    except OSError as err:
-        raise TrainingError(f"cannot write to the run directory {run_dir}: {err.strerror}; choose a writable "
-                            "run.dir") from None
-    return run
+def use_optim_config(optimizer: torch.optim.Optimizer, vectors: SteeringVectors, cfg: TrainConfig) -> None:
+    """Set ``cfg``'s learning rates, betas and eps in ``optimizer`` (over those a checkpoint restored)."""
+    for group, fresh in zip(optimizer.param_groups, param_groups(vectors, cfg), strict=True):
+        group.update(base_lr=fresh["base_lr"], betas=cfg.optim.betas, eps=cfg.optim.eps)
 
 
 def save_vectors(vectors: SteeringVectors, cfg: TrainConfig, run: RunDir) -> Path:
@@ -394,6 +433,8 @@ def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, ru
     """
     bad = [name for name in ("loss", "grad_norm") if not math.isfinite(record[name])]
     bad += [f"vector {e.name}" for e, v in vectors.vectors().items() if not bool(torch.isfinite(v).all())]
+    bad += [f"the norm of vector {key[5:]}" for key, value in record.items()  # finite entries, overflowing norm
+            if key.startswith("norm/") and not math.isfinite(value) and f"vector {key[5:]}" not in bad]
     if not bad:
         return
     last = run.latest_checkpoint()

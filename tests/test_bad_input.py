@@ -214,11 +214,10 @@ def test_rows_without_problem_or_answer_and_empty_datasets(tmp_path, capsys):
     fails(capsys, ["train", "smoke", f"run.dir={run}", f"data.dataset={bad}"], rows)
     fails(capsys, ["eval", *EVAL[:2], "--benchmarks", empty, "--out", out], nothing)
     fails(capsys, ["train", "smoke", f"run.dir={run}", f"data.dataset={empty}"], nothing)
-    limit = "dataset 'synthetic-arithmetic:n=2' has no problems after limit=0; use a limit of at least 1"
     fails(capsys, ["eval", *EVAL[:2], "--benchmarks", "synthetic-arithmetic:n=2", "--limit", "0", "--out", out],
-          limit)
+          "protocol.limit=0 is out of range: it must be at least 1")
     fails(capsys, ["train", "smoke", f"run.dir={run}", "data.limit=0", "data.dataset=synthetic-arithmetic:n=2"],
-          limit)
+          "data.limit=0 is out of range: it must be at least 1")
     fails(capsys, ["eval", *EVAL[:2], "--benchmarks", "synthetic-arithmetic:n=abc", "--out", out],
           "synthetic option n='abc' needs an integer, e.g. synthetic-arithmetic:n=200")
     with pytest.raises(DataError, match=r"bad\.jsonl:2 \(no answer\)"):

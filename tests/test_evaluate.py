@@ -61,7 +61,10 @@ def test_records_resume_and_match_an_uninterrupted_run(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             return self.inner.generate(*args)
 
-    monkeypatch.setattr(ev, "make_backend", lambda *a: Interrupting(real(*a)))
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(ev, "make_backend", lambda *a, **k: Interrupting(real(*a, **k)))
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg, log=lambda _: None)
     part = read_samples(tmp_path / "b" / "out" / "samples" / "toy.seed0.jsonl")

@@ -219,6 +219,7 @@ ALLOWED = {
     ("rlsteer/models.py", "_convert_gguf"): "writes into the staging folder that _save_atomically renames",
     ("rlsteer/models.py", "smollm2_tokenizer"): "writes into a staging folder renamed into place",
     ("rlsteer/figures.py", "png_bytes"): "renders the figure into memory",
+    ("rlsteer/lock.py", "_acquire"): "the lock file: opened to hold its flock; its pid and host are informational",
     ("rlsteer/analysis/output.py", "save_figure"): "renders into memory, then write_atomically",
 }
 
@@ -347,7 +348,7 @@ def test_sigterm_mid_update_and_sigint_while_logging_then_resume_bit_for_bit(tmp
 
 def test_resume_without_a_checkpoint_starts_the_metrics_afresh(tmp_path):
     cfg = load_config(TrainConfig, SMOKE, [f"run.dir={tmp_path / 'run'}", *FAST, "rl.steps=2"])
-    run = train_module.prepare_run_dir(cfg, resume=False).path
+    run = train_module.prepare_run_dir(cfg).path
     (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "rew')  # killed before its first checkpoint
     (run / ".vectors.safetensors.0123abcd.tmp").write_bytes(b"half")  # and in the middle of a write
     train(cfg, resume=True, log=lambda _: None)

@@ -16,6 +16,7 @@ from rlsteer.config import TrainConfig, load_config
 from rlsteer.metrics import read_metrics
 from rlsteer.models import load_model
 from rlsteer.rl import token_logprobs
+from rlsteer.runstart import RunStartError
 from rlsteer.steering import SteeringVectors, steer
 from rlsteer.train import TrainingError, batch_indices, masked_advantages, train
 
@@ -113,10 +114,10 @@ def test_orthogonal_training_stays_orthogonal(tmp_path):
 
 def test_run_directory_rules(tmp_path):
     train(smoke(tmp_path, "rl.steps=1"), log=lambda _: None)
-    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
+    with pytest.raises(RunStartError, match=r"already holds a run \(checkpointed up to step 1\); pass --resume"):
         train(smoke(tmp_path, "rl.steps=1"), log=lambda _: None)
-    with pytest.raises(TrainingError, match="config differs"):
-        train(smoke(tmp_path, "rl.steps=2", "optim.lr=0.5"), resume=True, log=lambda _: None)
+    with pytest.raises(RunStartError, match=r"config differs .* in rl.seed \(0 → 1\); resume with the same"):
+        train(smoke(tmp_path, "rl.steps=2", "rl.seed=1", "optim.lr=0.5"), resume=True, log=lambda _: None)
     with pytest.raises(TrainingError, match="fewer than rl.prompts_per_step"):
         train(smoke(tmp_path / "other", "data.dataset=synthetic-arithmetic:n=4"), log=lambda _: None)
 

@@ -63,10 +63,14 @@ class HFBackend:
 
         ``on_token`` (a server streaming tokens) sees every sampled token as it is drawn, with the index of
         its request in ``requests``; returning ``"stop"`` or ``"length"`` ends that request with this reason
-        (a stop string, the request's own token limit, a client that left).
+        (a stop string, the request's own token limit, a client that left). A request whose prompt leaves no
+        room under ``sampling.max_total_tokens`` gets an empty completion without ever being prefilled, so the
+        padding of a chunk is bounded by that budget.
         """
-        order = sorted(range(len(requests)), key=lambda i: -requests[i].prompt_len)
-        results: dict[int, Rollout] = {}
+        empty = [i for i, r in enumerate(requests) if sampling.budget(r.prompt_len) == 0]
+        results: dict[int, Rollout] = {i: Rollout(requests[i], (), "", "length", () if sampling.logprobs else None)
+                                       for i in empty}
+        order = sorted((i for i in range(len(requests)) if i not in results), key=lambda i: -requests[i].prompt_len)
         bar = tqdm(total=len(requests), desc="generate", unit="seq", leave=False,
                    disable=None if self.progress is None else not self.progress)
         context = steer(self.model, vectors) if vectors is not None else nullcontext()  # type: ignore[arg-type]
@@ -78,6 +82,7 @@ class HFBackend:
                 for i, rollout in zip(chunk, rows, strict=True):
                     results[i] = rollout
                 bar.update(len(chunk))
+            bar.update(len(empty))
         return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:

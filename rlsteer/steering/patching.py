@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,10 +89,11 @@ def patch_from(vectors: SteeringVectors, variant: str, *, layer: int | None = No
     return {Entry(variant, fed_block(source), head): vectors.vector(source).detach()}
 
 
-def check_patch_fits(patch: Mapping[Entry, torch.Tensor], model: nn.Module) -> None:
+def check_patch_fits(patch: Mapping[Entry, torch.Tensor], model: nn.Module | Any) -> None:
     """Raise :class:`PatchError` unless every patched block and head of ``patch`` exists in ``model`` (the
-    message starts with the option at fault, ``patch`` or ``patch_head``)."""
-    arch = architecture_of(model)
+    message starts with the option at fault, ``patch`` or ``patch_head``); ``model`` may also be its shape
+    alone (:func:`rlsteer.models.model_shape`), for a check before the weights load."""
+    arch = architecture_of(model) if isinstance(model, nn.Module) else model
     for entry in patch:
         if entry.layer >= arch.n_layers:
             raise PatchError(f"patch: the vector feeds block {entry.layer}, which the model does not have "

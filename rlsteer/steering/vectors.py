@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlsteer.errors import RlsteerError, first_line
-from rlsteer.io import replacing
+from rlsteer.io import write_atomically
 from rlsteer.steering.constraints import orthonormal_basis, project_out
 from rlsteer.steering.sites import Entry, SiteError, head_limit
 
@@ -253,9 +253,10 @@ class SteeringVectors(nn.Module):
         """Write a safetensors file: fp32 tensor ``{site}.{layer}[.{head}]`` per entry, metadata in the header.
 
         The projected (constrained) vectors are saved, without the global scale, which goes to the header.
-        The file appears atomically (temp file + rename).
+        The file appears atomically (temp file + rename); its bytes depend only on the vectors and the
+        metadata (the header in a canonical order), and a file that already holds them is not rewritten.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         import rlsteer
 
@@ -265,8 +266,10 @@ class SteeringVectors(nn.Module):
                       scale=repr(self.scale))
         tensors = {e.name: v.detach().to("cpu", torch.float32).contiguous()
                    for e, v in self.vectors(scaled=False).items()}
-        with replacing(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        data = _canonical(save(tensors, metadata=header))
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path  # unchanged: the file, its sha256 and its mtime stay as they are
+        write_atomically(path, data)
         return path
 
     @classmethod
@@ -289,6 +292,19 @@ class SteeringVectors(nn.Module):
 _RESERVED = ("format", "rlsteer_version", "d_model", "scale")
 
 
+def _canonical(data: bytes) -> bytes:
+    """safetensors bytes with the JSON header's keys sorted (``__metadata__`` first). safetensors writes the
+    metadata in hash-map order, which changes from one process to the next, so the same vectors would
+    otherwise get another sha256 each time they are saved. The tensors' bytes and offsets are untouched."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # the tensors' data starts 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + length:]
+
+
 def _user_metadata(header: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in header.items() if k not in _RESERVED}
 
@@ -301,6 +317,18 @@ class VectorFile:
     tensors: dict[str, torch.Tensor]
     header: dict[str, str]
     sha256: str
+
+    @property
+    def tensors_sha256(self) -> str:
+        """A sha256 of what the file steers with: each entry's name, shape and fp32 values, and the scale;
+        the same for two files that differ only in other metadata or in the order of their header."""
+        h = hashlib.sha256()
+        for name in sorted(self.tensors):
+            tensor = self.tensors[name].to(torch.float32).contiguous()
+            h.update(f"{name}{tuple(tensor.shape)}".encode())
+            h.update(tensor.numpy().tobytes())
+        h.update(f"scale={float(self.header.get('scale', '1.0'))!r}".encode())
+        return h.hexdigest()
 
 
 def read_vector_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
