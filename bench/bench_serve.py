@@ -1,7 +1,7 @@
 """rlsteer serve under load: latency and throughput at 1, 8 and 32 concurrent clients vs the backend called directly.
 
 Run:  python bench/bench_serve.py [--model smollm2-135m-instruct] [--vectors FILE] [--clients 1,8,32]
-      [--rounds 2] [--max-tokens 32]
+      [--rounds 2] [--max-tokens 32] [--threads N]
 
 A ``rlsteer serve`` subprocess (HF backend, batch size 32) serves the vector on 127.0.0.1 and a free port. For
 each concurrency C, C clients each send ``--rounds`` greedy ``/v1/completions`` requests one after another
@@ -9,6 +9,8 @@ each concurrency C, C clients each send ``--rounds`` greedy ``/v1/completions`` 
 tokens per second over the whole run. The direct row decodes the same C prompts with the same vector as one
 ``HFBackend.generate`` call per round in this process: the best a server can do with perfect batching and
 no HTTP. Ratios server / direct come from the same run. Only loopback traffic; everything is bounded.
+``--threads`` sets torch's threads in both processes (on a machine shared with other work, 1 avoids OpenMP
+threads spinning against each other, which slows a 2-thread decode by an order of magnitude).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ def prompts(n: int) -> list[str]:
     return [f"Request {i}: write one sentence about {TOPICS[i % len(TOPICS)]}." for i in range(n)]
 
 
-def start_server(vectors: Path, model: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(vectors: Path, model: str, threads: int | None) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.Popen([sys.executable, "-m", "rlsteer.cli", "serve", f"steer={vectors}", "--model", model,
-                             "--port", "0", "--batch-size", "32"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                             "--port", "0", "--batch-size", "32"], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -105,7 +109,10 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client (default 2)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="torch threads in the server and here (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     model, tok = load_model(args.model)
     vectors_file = args.vectors
@@ -119,7 +126,7 @@ def main() -> None:
     backend = HFBackend(model, tok, batch_size=32, progress=False)
     levels = [int(c) for c in args.clients.split(",")]
     results = []
-    proc, url = start_server(vectors_file, args.model)
+    proc, url = start_server(vectors_file, args.model, args.threads)
     try:
         asyncio.run(clients(url, prompts(2), 1, 4))  # warm-up
         direct(backend, tok, vectors, prompts(2), 1, 4)

@@ -220,21 +220,25 @@ def test_openai_client_raises_its_own_errors(client):
         client.chat.completions.create(model="steer", messages=[{"role": "user", "content": LONG}])
 
 
-def test_a_client_that_disconnects_mid_stream_stops_its_decoding(server):
-    """Kills: a cancelled stream decoding on to max_tokens (or hanging the engine)."""
+@pytest.mark.parametrize("stream", [True, False], ids=["mid-stream", "waiting"])
+def test_a_client_that_disconnects_stops_its_decoding(server, stream):
+    """Kills: a request whose client left decoding on to max_tokens (or hanging the engine)."""
     url, state = server
     before = {job_id for job_id, *_ in state.engine.finished}
-    with httpx.stream("POST", url + "/completions", timeout=TIMEOUT,
-                      json={"model": "steer", "prompt": "x", "max_tokens": CONTEXT - 10, "stream": True}) as reply:
-        assert reply.status_code == 200
-        for line in reply.iter_lines():
-            if line.startswith("data: {"):
-                break  # one chunk, then hang up
+    body = {"model": "steer", "prompt": "x", "max_tokens": CONTEXT - 10, "stream": stream}
+    if stream:
+        with httpx.stream("POST", url + "/completions", timeout=TIMEOUT, json=body) as reply:
+            assert reply.status_code == 200
+            for line in reply.iter_lines():
+                if line.startswith("data: {"):
+                    break  # one chunk, then hang up
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer is ready
+            httpx.post(url + "/completions", json=body, timeout=httpx.Timeout(TIMEOUT, read=1.0))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    new = []
+    while not new and time.monotonic() < deadline:
         new = [row for row in state.engine.finished if row[0] not in before]
-        if new:
-            break
         time.sleep(0.05)
     assert new and new[0][1] == "cancelled" and new[0][2] < CONTEXT - 10, new
     ok = httpx.post(url + "/completions", json={"model": "steer", "prompt": "x", "max_tokens": 2}, timeout=TIMEOUT)

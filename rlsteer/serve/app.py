@@ -212,12 +212,13 @@ async def _respond(state: ServerState, request: Request, served: ServedModel,
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(jobs, events, head, chat, usage_prompt, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, jobs))
     try:
         results = await _collect(jobs, events)
-    except asyncio.CancelledError:
+    finally:  # a client that left (or a cancelled handler) stops its jobs
+        watcher.cancel()
         for job in jobs:
             job.cancel()
-        raise
     failed = [r for r in results if r.finish_reason == "error"]
     if failed:
         raise APIError(500, f"generation failed: {failed[0].text}", kind="server_error")
@@ -225,6 +226,14 @@ async def _respond(state: ServerState, request: Request, served: ServedModel,
     completion_tokens = sum(r.completion_tokens for r in results)
     return JSONResponse({**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
                          "usage": _usage(usage_prompt, completion_tokens)})
+
+
+async def _cancel_on_disconnect(request: Request, jobs: list[Job], every_s: float = 0.25) -> None:
+    """Cancel ``jobs`` once the client of a non-streamed request has gone (a stream notices by itself)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+    for job in jobs:
+        job.cancel()
 
 
 async def _collect(jobs: list[Job], events: asyncio.Queue[tuple[int, str, Any]]) -> list[Result]:
