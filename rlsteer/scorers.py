@@ -1,10 +1,12 @@
-"""What scores a training step's completions: Math-Verify (the paper) or the smoke run's first-token check.
+"""What scores a training step's completions: Math-Verify (the paper), reward functions from user code, or the
+smoke run's first-token check.
 
 A scorer turns rollouts and their problems into a :class:`rlsteer.rewards.RewardBatch` (one reward and
-status per completion) and holds whatever it needs (a verifier pool) until ``close()``.
+status per completion) and holds whatever it needs (a verifier pool) until ``close()``. Evaluation scores
+with the same :class:`FunctionScorer` as training when the reward comes from user code.
 
 Example:
-    >>> from rlsteer.rollout import Request, Rollout
+    >>> from rlsteer.rollout import Rollout
     >>> scorer = FirstTokenScorer(target_id=7, values="pm1")
     >>> rollouts = [Rollout(Request((1,), (2,)), (7, 2), "", "stop"), Rollout(Request((1,), (2,)), (3,), "", "length")]
     >>> scorer.score(rollouts, []).rewards
@@ -19,9 +21,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rlsteer.config import TrainConfig
+from rlsteer.config import RewardFunctionsSection, TrainConfig
 from rlsteer.data import Problem
 from rlsteer.errors import RlsteerError
+from rlsteer.reward_functions import RewardFunctions
 from rlsteer.rewards import RewardBatch, RewardPool, Status
 from rlsteer.rollout import Rollout
 from rlsteer.templates import Prompt
@@ -42,14 +45,62 @@ class MathScorer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values=cfg.reward.values)
+        self.pool = RewardPool(cfg.reward.worker_count(functions=False), cfg.reward.timeout_s,
+                               values=cfg.reward.values)
 
     def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
-        return self.pool.score([r.text for r in rollouts], [p.answer for p in problems], self.cfg.data.template,
+        return self.pool.score([r.text for r in rollouts], golds(problems), self.cfg.data.template,
                                self.cfg.reward.extraction)
 
     def close(self) -> None:
         self.pool.close()
+
+
+def golds(problems: Sequence[Problem]) -> list[str]:
+    """The gold answers Math-Verify checks against; a problem without one is an error."""
+    missing = [p.id for p in problems if p.answer is None]
+    if missing:
+        raise ScorerError(f"problem {missing[0]} has no gold answer, which Math-Verify needs; set answer_field to "
+                          "the dataset's answer column, or score with reward functions (reward.kind=python)")
+    return [str(p.answer) for p in problems]
+
+
+class FunctionScorer:
+    """The weighted sum of reward functions from user code (``reward.kind: python``; ``rlsteer eval --reward``).
+
+    Training and evaluation build it from the same ``reward.*`` section and call the same :meth:`score`, so
+    both agree on every completion's reward. A completion whose total is above ``success_above`` counts as
+    ``correct`` (training accuracy, evaluation's success rates); each function's own rewards are in the
+    batch's ``components``.
+
+    Example:
+        >>> from rlsteer.rollout import Request
+        >>> scorer = FunctionScorer(RewardFunctionsSection(function="rlsteer.examples.json_reply:json_shape"))
+        >>> problem = Problem("0", "What is 3 + 4?", "7", "toy", {"key": "sum"})
+        >>> request = Request((1,), (2,))
+        >>> batch = scorer.score([Rollout(request, (), t, "stop") for t in ('{"sum": 7}', "7")], [problem] * 2)
+        >>> batch.rewards, batch.statuses, batch.components
+        ((1.0, 0.0), ('correct', 'wrong'), {'json_shape': (1.0, 0.0)})
+    """
+
+    def __init__(self, section: RewardFunctionsSection) -> None:
+        self.functions = RewardFunctions(section.entries(), section.worker_count(functions=True), section.timeout_s)
+        self.success_above = section.success_above
+
+    def score(self, rollouts: Sequence[Rollout], problems: Sequence[Problem]) -> RewardBatch:
+        columns = list(dict.fromkeys(k for p in problems for k in p.meta))  # every column any row has
+        totals, parts = self.functions.score(
+            [r.text for r in rollouts], problems=[p.problem for p in problems], answers=[p.answer for p in problems],
+            fields={k: [p.meta.get(k) for p in problems] for k in columns})
+        statuses: tuple[Status, ...] = tuple("correct" if t > self.success_above else "wrong" for t in totals)
+        return RewardBatch(tuple(totals), statuses, {name: tuple(v) for name, v in parts.items()})
+
+    def record(self) -> dict[str, Any]:
+        """The functions (spec, file sha256, weight, name) and the success threshold, for protocol.json."""
+        return {"functions": self.functions.record(), "success_above": self.success_above}
+
+    def close(self) -> None:
+        self.functions.close()
 
 
 class FirstTokenScorer:
@@ -70,7 +121,12 @@ class FirstTokenScorer:
 
 def make_scorer(cfg: TrainConfig, model: nn.Module, tok: Any, prompts: Sequence[Prompt]) -> Scorer:
     if cfg.reward.kind == "math":
+        if cfg.data.answer_field is None:
+            raise ScorerError("reward.kind=math checks answers against gold ones, but data.answer_field is null; name "
+                              "the answer column, or score with reward functions (reward.kind=python)")
         return MathScorer(cfg)
+    if cfg.reward.kind == "python":
+        return FunctionScorer(cfg.reward)
     target = cfg.reward.target
     if target is None:
         raise ScorerError("reward.kind=first_token needs reward.target (a token, or auto)")

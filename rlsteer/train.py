@@ -54,6 +54,7 @@ from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import remove_leftovers, write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity
+from rlsteer.reward_functions import RewardCallError
 from rlsteer.rewards import RewardBatch
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import Backend, Request, SamplingParams
@@ -88,6 +89,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         if RunDir(cfg.run.path).is_run():
             stop.resume = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
         raise
+    except RewardCallError as err:  # raised while scoring a step, before anything of it was applied
+        command = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
+        raise RewardCallError(f"{err}; the step was not applied (the run keeps its finished steps): fix the "
+                              f"function, then {command}") from None
     finally:
         close_world(world)
 
@@ -98,15 +103,17 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     on_main(lambda: model_folder(cfg.model.name) if cfg.rollout.backend == "vllm" or world.enabled else None, world)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, device=world.device(cfg.model.device),
                             revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
-    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
+    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit,
+                             problem_field=cfg.data.problem_field, answer_field=cfg.data.answer_field)
     if len(problems) < cfg.rl.prompts_per_step:
         raise TrainingError(f"the dataset has {len(problems)} problems, fewer than rl.prompts_per_step="
                             f"{cfg.rl.prompts_per_step}; lower it or use more data")
     world.shard(cfg.rl.prompts_per_step)  # fail early when the groups do not split over the ranks
     prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
     vectors = build_vectors(model, cfg)
-    # the run directory appears only once the model, data and steering config have been checked, so bad
-    # input leaves no half-made run behind (which would then ask for --resume)
+    scorer = make_scorer(cfg, model, tok, prompts)  # imports reward functions from user code: checked here too
+    # the run directory appears only once the model, data, steering config and reward have been checked, so
+    # bad input leaves no half-made run behind (which would then ask for --resume)
     run = on_main(lambda: prepare_run_dir(cfg, resume=resume), world)
     optimizer = torch.optim.Adam(param_groups(vectors, cfg), betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=0.0)
@@ -120,7 +127,6 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
                            max_model_len=cfg.rollout.max_total_tokens, share_prompts=cfg.rl.share_prompts, world=world)
     sampling = cfg.rollout.sampling()
     tracker = make_tracker(cfg.run.logger if world.is_main else "none", run.path, to_dict(cfg))
-    scorer = make_scorer(cfg, model, tok, prompts)
     ranks = f" on {world.size} ranks" if world.enabled else ""
     log(f"training {len(vectors.trainable_entries())} vector(s) on {cfg.model.name}{ranks}: {cfg.rl.steps} steps × "
         f"{cfg.rl.prompts_per_step} prompts × {cfg.rl.samples_per_prompt} samples → {run.path}")
@@ -228,6 +234,8 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
         "time_generate": times[0], "time_reward": times[1], "time_backward": times[2], "time_optim": times[3],
         "tokens_per_s": float(lengths.sum()) / max(times[0], 1e-9),
     }
+    for name, values in scored.components.items():  # each reward function's own mean (reward.functions)
+        record[f"reward/{name}"] = all_sum(math.fsum(values), world) / rewards.numel()
     record.update({f"norm/{name}": value for name, value in vectors.norms().items()})
     return record
 
@@ -391,7 +399,8 @@ def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, ru
 
 
 def format_record(r: dict[str, Any]) -> str:
-    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}  acc {r['accuracy']:.3f}  "
+    parts = "".join(f"  {k.removeprefix('reward/')} {v:+.3f}" for k, v in r.items() if k.startswith("reward/"))
+    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}{parts}  acc {r['accuracy']:.3f}  "
             f"len {r['len_mean']:.0f}  trunc {r['truncated']:.2f}  |g| {r['grad_norm']:.3g}  "
             f"gen {r['time_generate']:.1f}s  rew {r['time_reward']:.1f}s  bwd {r['time_backward']:.1f}s  "
             f"{r['tokens_per_s']:.0f} tok/s")
