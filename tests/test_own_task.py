@@ -80,14 +80,14 @@ def test_eval_with_a_reward_function_scores_every_sample_as_the_training_scorer_
     completions, weights, columns and success threshold included; protocol.json records the functions."""
     data = labelled_file(tmp_path / "task.jsonl")
     functions = [{"function": f"{REWARDS}:labelled", "weight": 2.0}, {"function": "tests.user_rewards:length",
-                                                                      "weight": -0.5, "name": "len"}]
+                                                                      "weight": 1.0, "name": "len"}]
     out = tmp_path / "eval"
     assert main(["eval", "--model", MODEL, "--benchmarks", str(data), "--out", str(out), "protocol.max_new_tokens=4",
                  "protocol.problem_field=prompt", "protocol.answer_field=null",
-                 f"reward.functions={json.dumps(functions)}", "reward.success_above=-0.4", "protocol.n={task: 2}"]) == 0
+                 f"reward.functions={json.dumps(functions)}", "reward.success_above=2.6", "protocol.n={task: 2}"]) == 0
     samples = read_samples(out / "samples" / "task.seed0.jsonl")
     assert len(samples) == 8
-    train = load_config(TrainConfig, {"reward": {"kind": "python", "functions": functions, "success_above": -0.4}})
+    train = load_config(TrainConfig, {"reward": {"kind": "python", "functions": functions, "success_above": 2.6}})
     problems = load_problems(str(data), problem_field="prompt", answer_field=None)
     batch = FunctionScorer(train.reward).score(
         [Rollout(Request((1,), (2,)), (), s["completion"], "stop") for s in samples],
@@ -96,12 +96,12 @@ def test_eval_with_a_reward_function_scores_every_sample_as_the_training_scorer_
     assert [s["rewards"] for s in samples] == [{"labelled": a, "len": b} for a, b in
                                                zip(batch.components["labelled"], batch.components["len"], strict=True)]
     assert [s["reward"] for s in samples] == [float(st == "correct") for st in batch.statuses]
-    assert len(set(batch.statuses)) == 2 or len(set(batch.rewards)) > 1  # the comparison is not vacuous
+    assert set(batch.statuses) == {"correct", "wrong"}  # the threshold splits these samples: not vacuous
     protocol = json.loads((out / "protocol.json").read_text())
     assert protocol["reward"]["functions"][0] == {"function": f"{REWARDS}:labelled", "file": str(REWARDS.resolve()),
                                                   "sha256": hashlib.sha256(REWARDS.read_bytes()).hexdigest(),
                                                   "weight": 2.0, "name": "labelled"}
-    assert protocol["config"]["reward"]["success_above"] == -0.4
+    assert protocol["config"]["reward"]["success_above"] == 2.6
     results = json.loads((out / "results.json").read_text())["benchmarks"]["task"]
     assert results["avg"]["mean"] == sum(s["reward"] for s in samples) / 8
 

@@ -87,6 +87,13 @@ def test_a_hanging_function_in_workers_is_killed_and_named_and_the_pool_keeps_wo
         assert rf.score(["fine", "fine"], problems=["p"] * 2, answers=["a"] * 2, fields={})[0] == [1.0, 1.0]
 
 
+def test_an_error_abandons_the_calls_still_running_so_their_late_replies_answer_nothing():
+    with RewardFunctions([(T + "slow_or_bad", 1.0, None)], workers=2, timeout_s=30) as rf:
+        with pytest.raises(RewardCallError, match="raised ValueError: bad on completion 1 of 2"):
+            rf.score(["bad one", "slow"], problems=["p"] * 2, answers=["a"] * 2, fields={})
+        assert rf.score(["fine", "fine"], problems=["p"] * 2, answers=["a"] * 2, fields={})[0] == [1.0, 1.0]
+
+
 def test_workers_give_what_this_process_gives_and_user_prints_do_not_break_the_pipe():
     texts = ["a", "bbb", "the answer is 7", "7"]
     kw = {"problems": ["p"] * 4, "answers": ["7", "7", "7", None], "fields": {}}

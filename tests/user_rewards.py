@@ -94,3 +94,13 @@ def fails_on_second_call(completions, **_):
 def hangs(completions, **_):
     time.sleep(600)
     return [1.0] * len(completions)
+
+
+def slow_or_bad(completions, **_):
+    """Raises on "bad", takes 2 s and gives 5 on "slow", else 1."""
+    if any("bad" in c for c in completions):
+        raise ValueError("bad")
+    if any("slow" in c for c in completions):
+        time.sleep(2)
+        return [5.0] * len(completions)
+    return [1.0] * len(completions)
