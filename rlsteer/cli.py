@@ -274,7 +274,11 @@ def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[P
              **{f"target.{k}": getattr(args, a, None) for k, a in (
                  ("template", "template"), ("prefix", "prefix"), ("scale", "scale"), ("step", "step"),
                  ("patch", "patch"), ("patch_layer", "layer"), ("patch_head", "head"))},
-             "reward.function": getattr(args, "reward", None), "out": getattr(args, "out", None)}
+             "out": getattr(args, "out", None)}
+    if getattr(args, "reward", None):
+        from rlsteer.scorers import reward_overrides
+
+        first = [*first, *reward_overrides(args.reward)]
     overrides = [*first, *(f"{k}={v}" for k, v in flags.items() if v is not None),
                  *(i for i in getattr(args, "items", ()) if "=" in i)]
     protocol = Path(args.protocol) if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
@@ -376,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "steer_head, skip_head)")
     p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
     p.add_argument("--head", type=int, help="the head of a per-head patch")
-    p.add_argument("--reward", metavar="FUNCTION",
-                   help="score with a reward function from user code instead of Math-Verify, as training's "
-                        "reward.kind=python does: package.module:fn or file.py:fn (several: reward.functions=…)")
+    p.add_argument("--reward", metavar="FUNCTION|RUN",
+                   help="score with reward functions from user code instead of Math-Verify: a function "
+                        "(package.module:fn or file.py:fn), or a run directory, training config or preset whose "
+                        "reward.kind=python functions, weights and success threshold then score as in training")
     p.add_argument("--out", help="output directory (default: <run>/eval/<label> or evals/<label>)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--compare", nargs="+", metavar="RESULT",

@@ -93,7 +93,7 @@ class EvalSession:
                                              max_model_len=self.cfg.protocol.max_total_tokens, progress=False)
         self.pool = RewardPool(cfg.reward.worker_count(functions=False), cfg.reward.timeout_s, values="zero_one")
         # reward functions from user code score instead of Math-Verify, as in training (one scorer for both)
-        self.scorer = FunctionScorer(cfg.reward) if cfg.reward.entries() else None
+        self.scorer = FunctionScorer(cfg.reward, self.tok) if cfg.reward.entries() else None
 
     def __enter__(self) -> EvalSession:
         return self

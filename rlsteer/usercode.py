@@ -9,7 +9,7 @@ Example:
     >>> fn = load_function("json:dumps")
     >>> fn.name, fn.call([1]), fn.record()
     ('dumps', '[1]', {'function': 'json:dumps'})
-    >>> looks_like_function("rlsteer.examples.json_reply:train_set"), looks_like_function("hub:math500")
+    >>> looks_like_function("rlsteer.examples.json_reply:training_rows"), looks_like_function("hub:math500")
     (True, False)
 """
 

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from rlsteer.cli import main
-from rlsteer.config import TrainConfig, load_config
-from rlsteer.data import DataError, data_origin, load_problems
+from rlsteer.config import RewardFunctionsSection, TrainConfig, load_config
+from rlsteer.data import DataError, Problem, data_origin, load_problems
 from rlsteer.examples import json_reply
 from rlsteer.metrics import read_metrics
+from rlsteer.models import smollm2_tokenizer
 from rlsteer.rollout import Request, Rollout
 from rlsteer.samples import read_samples
 from rlsteer.scorers import FunctionScorer
+from rlsteer.templates import build_prompt
 from tests import user_rewards
 from tests.test_bad_input import fails
 
@@ -63,10 +65,11 @@ def test_rows_without_the_answer_column_suggest_a_null_answer_field(tmp_path):
 
 
 def test_a_dataset_function_gives_rows_like_a_file(tmp_path):
-    problems = load_problems("rlsteer.examples.json_reply:train_set")
+    problems = load_problems("rlsteer.examples.json_reply:training_rows")
     assert len(problems) == 320 and problems[0].meta["key"] in json_reply.KEYS
-    assert problems[0].source == "train_set"
-    assert data_origin("rlsteer.examples.json_reply:test_set") == {"function": "rlsteer.examples.json_reply:test_set"}
+    assert problems[0].source == "training_rows"
+    spec = "rlsteer.examples.json_reply:held_out_rows"
+    assert data_origin(spec) == {"function": spec}
     path = tmp_path / "rows.py"
     path.write_text("def rows():\n    return [{'question': 'q', 'answer': 1}, 'oops']\n")
     with pytest.raises(DataError, match=r"dataset function '.*rows.py:rows': row 2 is a str, not a dict of columns"):
@@ -89,9 +92,11 @@ def test_eval_with_a_reward_function_scores_every_sample_as_the_training_scorer_
     assert len(samples) == 8
     train = load_config(TrainConfig, {"reward": {"kind": "python", "functions": functions, "success_above": 2.6}})
     problems = load_problems(str(data), problem_field="prompt", answer_field=None)
-    batch = FunctionScorer(train.reward).score(
-        [Rollout(Request((1,), (2,)), (), s["completion"], "stop") for s in samples],
-        [problems[s["problem_index"]] for s in samples])
+    tok = smollm2_tokenizer()  # the tiny models' tokenizer
+    stop_ids = build_prompt(tok, "x", "qwen-math").stop_ids
+    rollouts = [Rollout(Request((1,), stop_ids), tuple(tok.encode(s["completion"], add_special_tokens=False)),
+                        s["completion"], s["finish_reason"]) for s in samples]
+    batch = FunctionScorer(train.reward, tok).score(rollouts, [problems[s["problem_index"]] for s in samples])
     assert [s["score"] for s in samples] == list(batch.rewards)
     assert [s["rewards"] for s in samples] == [{"labelled": a, "len": b} for a, b in
                                                zip(batch.components["labelled"], batch.components["len"], strict=True)]
@@ -154,13 +159,26 @@ def test_training_logs_each_reward_function(tmp_path):
 
 
 def test_the_worked_example_rewards():
-    replies = ['```json\n{"sum": 7}\n```', '{"sum": "7"} is my answer', '{"answer": 7}', '{"sum": 7, "x": 1}',
-               "The sum is 7.", '{"sum": 8}', '{"sum": [7]}', '{broken {"sum": 7}']
+    replies = ['```json\n{"sum": 7}\n```', '  {"sum": "7"}\n', '{"answer": 7}', '{"sum": 7, "x": 1}', "The sum is 7.",
+               '{"sum": 8}', '{"sum": [7]}', '{"sum": 7} is my answer', '{"sum": 7}\n```json\n{"sum": 7}\n```']
     keys = ["sum"] * len(replies)
-    assert json_reply.json_shape(replies, key=keys) == [1, 1, 0, 0, 0, 1, 1, 1]
-    assert json_reply.json_answer(replies, answers=["7"] * len(replies), key=keys) == [1, 1, 0, 0, 0, 0, 0, 1]
-    train, test = json_reply.train_set(), json_reply.test_set()
+    assert json_reply.json_shape(replies, key=keys) == [1, 1, 0, 0, 0, 1, 1, 0, 0]
+    assert json_reply.json_answer(replies, answers=["7"] * len(replies), key=keys) == [1, 1, 0, 0, 0, 0, 0, 0, 0]
+    train, test = json_reply.training_rows(), json_reply.held_out_rows()
     assert not {r["problem"] for r in train} & {r["problem"] for r in test}
+
+
+def test_reward_functions_see_completions_without_the_stop_token():
+    tok = smollm2_tokenizer()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = (*tok.encode('{"sum": 7}', add_special_tokens=False), end)
+    text = tok.decode(list(ids), skip_special_tokens=False)
+    problem = Problem("0", "q", "7", "toy", {"key": "sum"})
+    section = RewardFunctionsSection(function="rlsteer.examples.json_reply:json_shape")
+    stopped = Rollout(Request((1,), (end,)), ids, text, "stop")
+    assert text.endswith("<|im_end|>") and FunctionScorer(section, tok).score([stopped], [problem]).rewards == (1.0,)
+    cut = Rollout(Request((1,), (end,)), ids[:-1] + (ids[-1] - 1,), text, "length")  # not ended by a stop token
+    assert FunctionScorer(section, tok).completion(cut) == text
 
 
 def test_the_worked_example_preset_loads():
