@@ -286,6 +286,10 @@ def _eval_config(args: argparse.Namespace, first: Sequence[str] = ()) -> tuple[P
                  ("template", "template"), ("prefix", "prefix"), ("scale", "scale"), ("step", "step"),
                  ("patch", "patch"), ("patch_layer", "layer"), ("patch_head", "head"))},
              "out": getattr(args, "out", None), "select": getattr(args, "select", None)}
+    if getattr(args, "reward", None):
+        from rlsteer.scorers import reward_overrides
+
+        first = [*first, *reward_overrides(args.reward)]
     overrides = [*first, *(f"{k}={v}" for k, v in flags.items() if v is not None),
                  *(i for i in getattr(args, "items", ()) if "=" in i)]
     protocol = Path(args.protocol) if Path(args.protocol).is_file() else preset_path(f"eval/{args.protocol}")
@@ -409,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
 
     p = sub.add_parser("eval", help="evaluate base, steered, prefixed or patched models with the paper's protocol",
-                       description="Evaluate a model on math benchmarks. TARGET is a vector file or a run "
+                       description="Evaluate a model on math benchmarks, or on any dataset with a reward function "
+                                   "from user code (--reward). TARGET is a vector file or a run "
                                    "directory (none: the base model); KEY=VALUE items override the config "
                                    "(model.*, target.*, protocol.*, engine.*, reward.*, out).")
     p.add_argument("items", nargs="*", metavar="[TARGET] [KEY=VALUE]",
@@ -425,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "steer_head, skip_head)")
     p.add_argument("--layer", type=int, help="the vector's layer a patch takes (default: its only layer)")
     p.add_argument("--head", type=int, help="the head of a per-head patch")
+    p.add_argument("--reward", metavar="FUNCTION|RUN",
+                   help="score with reward functions from user code instead of Math-Verify: a function "
+                        "(package.module:fn or file.py:fn), or a run directory, training config or preset whose "
+                        "reward.kind=python functions, weights and success threshold then score as in training")
     p.add_argument("--out", help="output directory (default: <run>/eval/<label> or evals/<label>)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--compare", nargs="+", metavar="RESULT",

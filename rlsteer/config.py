@@ -3,7 +3,8 @@ small frozen sections that YAML files and ``section.key=value`` overrides fill (
 
 Sections that mean the same thing in training and evaluation are one class: sampling settings
 (:class:`SamplingSection`: ``rollout.*`` and ``protocol.*``), the rollout engine (:class:`BackendSection`:
-``rollout.*`` and ``engine.*``) and the verifier pool (:class:`VerifierSection`: ``reward.*`` in both).
+``rollout.*`` and ``engine.*``) and the reward's workers and user functions (:class:`RewardFunctionsSection`:
+``reward.*`` in both, so training and evaluation score completions the same way).
 
 Example:
     >>> cfg = load_config(TrainConfig, "smoke", ["rl.steps=3"])
@@ -96,16 +97,65 @@ class BackendSection:
 
 @dataclass(frozen=True)
 class VerifierSection:
-    """The Math-Verify process pool.
+    """Where rewards are computed: in this process, or in worker processes with a per-answer deadline.
 
     Attributes:
-        timeout_s: hard per-answer verification timeout (the worker is killed past it).
-        workers: verification processes; 0 verifies in this process without any deadline (quicker to start,
-            for tests and trusted answers: a verification that hangs then hangs the run, and rlsteer warns).
+        timeout_s: hard per-answer timeout in worker processes (the worker is killed past it).
+        workers: processes; 0 computes rewards in this process, without a timeout. None (the default) takes
+            2 for Math-Verify and 0 for reward functions from user code (see :class:`RewardFunctionsSection`).
     """
 
     timeout_s: float = ranged(5.0, gt=0)
-    workers: int = ranged(2, ge=0, why="0 verifies in this process, without a deadline")
+    workers: int | None = ranged(None, ge=0, why="0 computes rewards in this process, without a deadline")
+
+    def worker_count(self, *, functions: bool) -> int:
+        """``workers``, or its default: 2 Math-Verify processes, none (this process) for user functions."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if functions else 2
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    """One term of a weighted reward: ``function`` (``package.module:fn`` or ``file.py:fn``), its ``weight``,
+    and the ``name`` its rewards are logged under (default: the function's name)."""
+
+    function: str
+    weight: float = 1.0
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class RewardFunctionsSection(VerifierSection):
+    """Rewards from user code, the same in training and evaluation (:mod:`rlsteer.reward_functions`).
+
+    Attributes:
+        function: one reward function, ``package.module:fn`` or ``path/to/file.py:fn``, called as
+            ``fn(completions, *, problems, answers, **fields) -> list[float]``.
+        functions: several, summed with weights: ``[{function: …, weight: …, name: …}]`` (each function's own
+            rewards are logged as ``reward/<name>``).
+        success_above: a completion counts as a success (training accuracy; evaluation's first, avg@n and
+            pass@k) when its total reward is above this.
+        timeout_s, workers: where the functions run. ``workers`` 0 (the default for user functions) calls each
+            function once per batch in this process, with no timeout; ``workers`` > 0 calls it once per
+            completion in that many worker processes, each call within ``timeout_s`` seconds (a function that
+            hangs then stops the run with an error instead of stalling it).
+    """
+
+    function: str | None = None
+    functions: tuple[RewardFunction, ...] = ()
+    success_above: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.function is not None and self.functions:
+            raise ConfigError("reward.function and reward.functions are both set; give one function, or list them "
+                              "all in reward.functions")
+
+    def entries(self) -> tuple[tuple[str, float, str | None], ...]:
+        """``(function, weight, name)`` of every term; empty when no user function is set."""
+        if self.function is not None:
+            return ((self.function, 1.0, None),)
+        return tuple((f.function, f.weight, f.name) for f in self.functions)
 
 
 @dataclass(frozen=True)
@@ -157,6 +207,9 @@ class DataSection:
             ``RUN/holdout.jsonl``, a validation split to select checkpoints on (:mod:`rlsteer.selection`).
         template: ``qwen-math``, ``r1``, ``chat`` or ``plain``.
         prefix: text appended right after the generation prompt (the paper's "To"/"Step").
+        problem_field, answer_field: the columns of a dataset file (or function) that hold the problem and the
+            gold answer; ``answer_field`` None for rewards that need no gold. The other columns reach reward
+            functions as keyword lists.
     """
 
     dataset: str = "math_train"
@@ -166,6 +219,8 @@ class DataSection:
     holdout: int = 0
     template: str = DEFAULT_TEMPLATE
     prefix: str | None = None
+    problem_field: str = "problem"
+    answer_field: str | None = "answer"
 
 
 @dataclass(frozen=True)
@@ -174,11 +229,14 @@ class RolloutSection(BackendSection, SamplingSection):
 
 
 @dataclass(frozen=True)
-class RewardSection(VerifierSection):
-    """The reward: Math-Verify (±1 by default; ``zero_one`` for 0/1), or a first-token check for smoke runs.
+class RewardSection(RewardFunctionsSection):
+    """The reward: Math-Verify (±1 by default; ``zero_one`` for 0/1), functions from user code, or a
+    first-token check for smoke runs.
 
     Attributes:
-        kind: ``math`` (the paper) or ``first_token`` (+1 when the first generated token is ``target``).
+        kind: ``math`` (the paper), ``python`` (``function`` / ``functions``: reward functions from user code,
+            see :class:`RewardFunctionsSection`) or ``first_token`` (+1 when the first generated token is
+            ``target``).
         target: the token of ``first_token`` rewards; ``auto`` picks the base model's second most likely
             first token over the first step's prompts (likely enough to be sampled, not yet dominant).
         extraction: ``boxed`` (the last \\boxed{} / <answer>, the paper), ``number`` (the last number, for
@@ -187,15 +245,25 @@ class RewardSection(VerifierSection):
         mask_truncated: drop completions that hit the length limit from the loss (the authors keep them).
         normalize_scientific: rewrite e-notation (``4.5e33``) in golds and answers as ``4.5 \\times 10^{33}``
             before verifying (Math-Verify reads ``e`` as Euler's number); the authors do not.
-        timeout_s, workers: the verifier pool (:class:`VerifierSection`).
+        function, functions, success_above: the user functions of ``kind: python``.
+        timeout_s, workers: where rewards are computed (:class:`VerifierSection`).
     """
 
-    kind: Literal["math", "first_token"] = "math"
+    kind: Literal["math", "python", "first_token"] = "math"
     target: str | None = None
     values: Literal["pm1", "zero_one"] = "pm1"
     extraction: Literal["boxed", "number", "any"] = "boxed"
     mask_truncated: bool = False
     normalize_scientific: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind == "python" and not self.entries():
+            raise ConfigError("reward.kind=python needs reward.function (package.module:fn or path/to/file.py:fn) "
+                              "or reward.functions")
+        if self.kind != "python" and self.entries():
+            raise ConfigError(f"reward.function(s) is set but reward.kind={self.kind}; set reward.kind=python to "
+                              "train with it")
 
 
 @dataclass(frozen=True)
@@ -349,6 +417,7 @@ class ProtocolSection(SamplingSection):
         normalize_scientific: rewrite e-notation (``4.5e33``) before verifying, as ``reward.normalize_scientific``;
             off by default, as in the authors' scorer (it makes 58 of MinervaMath's 272 golds score leniently).
         pass_k: the k of pass@k (default: 1, 2, 4, … up to n).
+        problem_field, answer_field: the problem and gold columns of dataset files (as ``data.*`` in training).
     """
 
     benchmarks: tuple[str, ...] = ("gsm8k",)
@@ -359,6 +428,8 @@ class ProtocolSection(SamplingSection):
     extraction: Literal["boxed", "number", "any"] = "boxed"
     normalize_scientific: bool = False
     pass_k: tuple[int, ...] = ranged((), ge=1)
+    problem_field: str = "problem"
+    answer_field: str | None = "answer"
 
     def samples(self, benchmark: str) -> int:
         return 1 if self.temperature == 0 else self.n.get(benchmark, 1)
@@ -384,7 +455,7 @@ class EvalConfig:
     target: TargetSection = field(default_factory=TargetSection)
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     engine: EngineSection = field(default_factory=EngineSection)
-    reward: VerifierSection = field(default_factory=VerifierSection)
+    reward: RewardFunctionsSection = field(default_factory=RewardFunctionsSection)
     out: str | None = None
     select: str | None = None  # with target.step=all: "best:METRIC[@BENCH,…]" records the best checkpoint
 

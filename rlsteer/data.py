@@ -8,11 +8,16 @@ A dataset spec is one of
   downloaded by HF id with the field mapping of docs/semantics.md#evaluation (needs ``pip install 'rlsteer[hub]'``);
 * ``hub:NAME``: registry name NAME downloaded from the hub even where a local or packaged copy exists;
 * a local ``.jsonl`` / ``.parquet`` file, or a folder of them, with ``problem`` and ``answer`` fields
-  (``id`` optional; ``question`` is accepted for ``problem``);
+  (``id`` optional; ``question`` is accepted for ``problem``), or other columns named by ``problem_field``
+  and ``answer_field`` (None: no gold answer, for rewards that need none);
+* ``package.module:function`` or ``path/to/file.py:function``: a function of no arguments returning the
+  rows (dicts), read like a file's (for tasks generated in code, such as :mod:`rlsteer.examples.json_reply`);
 * ``synthetic-arithmetic[:key=value,…]``: arithmetic word problems with integer answers, deterministic by
   seed (keys: n, operands, digits, ops, seed, style) — for CPU demos and tests.
 
-Rows without a problem or an answer are errors reported with file and line, never dropped silently.
+Rows without a problem or an answer are errors reported with file and line, never dropped silently. A row's
+other columns (besides ``id`` and ``source``) are kept in :attr:`Problem.meta`; reward functions receive them
+as keyword lists.
 
 Example:
     >>> problems = load_problems("synthetic-arithmetic:n=3,digits=1,seed=4")
@@ -38,6 +43,7 @@ from typing import Any
 
 from rlsteer.errors import RlsteerError, decode_utf8, first_line
 from rlsteer.hub import looks_like_hub_id
+from rlsteer.usercode import UserCodeError, load_function, looks_like_function
 
 
 class DataError(RlsteerError):
@@ -46,11 +52,12 @@ class DataError(RlsteerError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: ``answer`` is the gold final answer, the text that goes inside ``\\boxed{}``."""
+    """One problem: ``answer`` is the gold final answer, the text that goes inside ``\\boxed{}`` (None for
+    datasets read without one); ``meta`` holds the row's other columns."""
 
     id: str
     problem: str
-    answer: str
+    answer: str | None
     source: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -97,8 +104,17 @@ TRAIN_SETS = tuple(n for n, s in REGISTRY.items() if s.kind == "train")
 
 
 def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None,
-                  shuffle_seed: int | None = None) -> list[Problem]:
-    """Load a dataset spec (see the module docstring); optionally shuffled by seed, then cut to ``limit``."""
+                  shuffle_seed: int | None = None, problem_field: str = "problem",
+                  answer_field: str | None = "answer") -> list[Problem]:
+    """Load a dataset spec (see the module docstring); optionally shuffled by seed, then cut to ``limit``.
+
+    ``problem_field`` and ``answer_field`` name the columns of files and functions (registry and synthetic
+    sets have their own).
+    """
+    fields = (problem_field, answer_field)
+    if fields != ("problem", "answer") and (spec.startswith(("synthetic-arithmetic", "hub:")) or spec in REGISTRY):
+        raise DataError(f"problem_field/answer_field name the columns of dataset files and functions; {spec!r} has "
+                        "its own (problem, answer): drop them, or give a file")
     if spec.startswith("synthetic-arithmetic"):
         problems = synthetic_arithmetic(**_synthetic_options(spec))
     elif spec.startswith("hub:"):
@@ -110,12 +126,15 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
     elif spec in REGISTRY:
         problems = _load_registered(REGISTRY[spec], data_dir)
     elif Path(spec).expanduser().exists():
-        problems = read_problems(Path(spec).expanduser())
+        problems = read_problems(Path(spec).expanduser(), fields=fields)
+    elif looks_like_function(spec):
+        problems = _to_problems(_function_rows(spec), spec, spec.rpartition(":")[2], fields)
     elif looks_like_hub_id(spec):
         problems = _from_hub(DatasetSpec(spec, "", spec, "train"))
     else:
         raise DataError(f"unknown dataset {spec!r}: not a registry name ({', '.join(REGISTRY)}), an existing "
-                        "file or folder, synthetic-arithmetic, or an HF dataset id owner/name")
+                        "file or folder, synthetic-arithmetic, package.module:function, or an HF dataset id "
+                        "owner/name")
     if shuffle_seed is not None:
         problems = list(problems)
         random.Random(shuffle_seed).shuffle(problems)
@@ -127,6 +146,22 @@ def load_problems(spec: str, *, data_dir: str | os.PathLike[str] | None = None, 
         raise DataError(f"dataset {spec!r} has no problems; give a file with one JSON object per line with "
                         "problem and answer fields, or another dataset")
     return problems
+
+
+def _function_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows a dataset function returns, numbered from 1 like a file's lines."""
+    try:
+        rows = load_function(spec, what="dataset function").call()
+        rows = list(rows)
+    except UserCodeError as err:
+        raise DataError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - the user's function failed: one line with its cause
+        raise DataError(f"dataset function {spec!r} raised {type(err).__name__}: {first_line(err)}") from None
+    for line_no, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"dataset function {spec!r}: row {line_no} is a {type(row).__name__}, not a dict of "
+                            "columns")
+        yield line_no, row
 
 
 def _load_registered(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[Problem]:
@@ -167,6 +202,8 @@ def data_origin(spec: str, data_dir: str | os.PathLike[str] | None = None) -> di
     path = Path(spec).expanduser()
     if path.is_file():
         return {"file": str(path.resolve()), "sha256": _file_sha256(path)}
+    if not path.exists() and looks_like_function(spec):
+        return load_function(spec, what="dataset function").record()
     return {"source": spec}
 
 
@@ -206,20 +243,22 @@ def packaged_text(name: str) -> str:
     return data.decode("utf-8")
 
 
-def read_problems(path: Path, *, source: str | None = None) -> list[Problem]:
-    """Problems from a JSONL or Parquet file, or every such file of a folder (sorted by name)."""
+def read_problems(path: Path, *, source: str | None = None,
+                  fields: tuple[str, str | None] = ("problem", "answer")) -> list[Problem]:
+    """Problems from a JSONL or Parquet file, or every such file of a folder (sorted by name); ``fields`` are
+    the problem and answer columns (answer None: no gold)."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
         if not files:
             raise DataError(f"folder {path} holds no .jsonl or .parquet files")
-        return [p for f in files for p in read_problems(f, source=source)]
+        return [p for f in files for p in read_problems(f, source=source, fields=fields)]
     if path.suffix == ".jsonl":
         rows = _jsonl_rows(path)
     elif path.suffix == ".parquet":
         rows = _parquet_rows(path)
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
-    return _to_problems(rows, path, source or path.stem)
+    return _to_problems(rows, path, source or path.stem, fields)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -247,22 +286,34 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
-def _to_problems(rows: Iterable[tuple[int, dict[str, Any]]], origin: Path | str, source: str) -> list[Problem]:
+def _to_problems(rows: Iterable[tuple[int, dict[str, Any]]], origin: Path | str, source: str,
+                 fields: tuple[str, str | None] = ("problem", "answer")) -> list[Problem]:
+    problem_field, answer_field = fields
+    taken = {"id", "source", problem_field, *([answer_field] if answer_field is not None else [])}
+    if problem_field == "problem":
+        taken.add("question")  # accepted for problem
     problems, bad = [], []
     for line_no, row in rows:
-        problem = row.get("problem", row.get("question"))
-        answer = _answer_text(row.get("answer"))
-        missing = [name for name, value in (("problem", problem), ("answer", answer))
-                   if value is None or not str(value).strip()]
+        problem = row.get(problem_field, row.get("question") if problem_field == "problem" else None)
+        answer = _answer_text(row.get(answer_field)) if answer_field is not None else None
+        needed = [(problem_field, problem), *([(answer_field, answer)] if answer_field is not None else [])]
+        missing = [name for name, value in needed if value is None or not str(value).strip()]
         if missing:
             bad.append(f"{origin}:{line_no} (no {' and no '.join(missing)})")
             continue
-        meta = {k: v for k, v in row.items() if k not in ("id", "problem", "question", "answer", "source")}
-        problems.append(Problem(str(row.get("id", line_no - 1)), str(problem), str(answer),
+        meta = {k: v for k, v in row.items() if k not in taken}
+        problems.append(Problem(str(row.get("id", line_no - 1)), str(problem), answer,
                                 str(row.get("source", source)), meta))
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(f"{len(bad)} rows without a problem or an answer: {shown}; fix or remove them")
+        what = "a problem" + (f" ({problem_field!r})" if problem_field != "problem" else "")
+        if answer_field is not None:
+            what += " or an answer" + (f" ({answer_field!r})" if answer_field != "answer" else "")
+        hint = ""
+        if answer_field is not None and all(b.endswith(f"(no {answer_field})") for b in bad):
+            hint = (", or set answer_field to null (data.answer_field, protocol.answer_field) for a reward function "
+                    "that needs no gold answer")
+        raise DataError(f"{len(bad)} rows without {what}: {shown}; fix or remove them{hint}")
     return problems
 
 

@@ -43,9 +43,9 @@ from rlsteer.config import (
     EvalConfig,
     EvalModelSection,
     ProtocolSection,
+    RewardFunctionsSection,
     TargetSection,
     TrainConfig,
-    VerifierSection,
     load_config,
 )
 from rlsteer.errors import RlsteerError
@@ -174,7 +174,7 @@ def evaluate_all(cfg: DemoConfig, runs: dict[str, TrainConfig], out: Path, *,
         protocol=ProtocolSection(benchmarks=(f"additions={HELD_OUT.format(n=cfg.eval_problems)}",), temperature=0.0,
                                  max_new_tokens=train_cfg.rollout.max_new_tokens, max_total_tokens=None, seeds=(0,),
                                  extraction=train_cfg.reward.extraction),
-        engine=EngineSection(batch_size=64), reward=VerifierSection(workers=0),
+        engine=EngineSection(batch_size=64), reward=RewardFunctionsSection(workers=0),
         out=str(RunDir(out).eval_dir("base")))
     prefixed = replace(base, target=replace(base.target, prefix="To"), out=str(RunDir(out).eval_dir("base+To")))
     targets = {"base": base, "base + 'To'": prefixed,

@@ -4,7 +4,8 @@ An evaluation directory holds
 
 * ``protocol.json``: the resolved config plus what reproduces it: model and revision, template, prefix,
   sampling settings, n per benchmark, seeds, each data file with its sha256, the verifier and rlsteer
-  versions, the vector file's sha256;
+  versions, the vector file's sha256, and the reward functions from user code when they score
+  (``reward.function``; each spec, weight and, for a file, its sha256);
 * ``samples/<benchmark>.seed<k>.jsonl``: one line per sample (problem id, prompt, completion, extracted
   answer, reward, finish reason, length, sum of log-probs, seed), appended chunk by chunk as it goes, so an
   interrupted evaluation resumes where it stopped (:mod:`rlsteer.samples`);
@@ -47,6 +48,7 @@ from rlsteer.rollout import Backend, Request, Rollout
 from rlsteer.rollout.factory import make_backend
 from rlsteer.rundir import RunDir
 from rlsteer.samples import SAMPLES, append_samples, read_samples, sample_seed, samples_file
+from rlsteer.scorers import FunctionScorer, golds
 from rlsteer.selection import Rule, select_run
 from rlsteer.steering.patching import PatchError, check_patch_fits
 from rlsteer.steering.vectors import SteeringVectors, VectorFile, check_entries_fit, open_vector_file
@@ -112,9 +114,11 @@ class EvalSession:
                                           trust_remote_code=m.trust_remote_code)
         self.backend: Backend = make_backend(m, self.cfg.engine, self.model, self.tok, seed=self.cfg.protocol.seeds[0],
                                              max_model_len=self.cfg.protocol.max_total_tokens, progress=False)
-        self.pool = RewardPool(cfg.reward.workers, cfg.reward.timeout_s, values="zero_one")
+        self.pool = RewardPool(cfg.reward.worker_count(functions=False), cfg.reward.timeout_s, values="zero_one")
+        # reward functions from user code score instead of Math-Verify, as in training (one scorer for both)
+        self.scorer = FunctionScorer(cfg.reward, self.tok) if cfg.reward.entries() else None
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")  # model.dtype "auto" resolved
-        if cfg.reward.workers == 0:
+        if self.scorer is None and cfg.reward.worker_count(functions=False) == 0:
             log(f"note: reward.workers=0 verifies answers in this process without the {cfg.reward.timeout_s:g} s "
                 "deadline of reward.timeout_s (a verification that hangs stops the evaluation)")
 
@@ -126,6 +130,8 @@ class EvalSession:
 
     def close(self) -> None:
         self.pool.close()
+        if self.scorer is not None:
+            self.scorer.close()
         self.backend.close()
 
     def run(self, cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -137,8 +143,15 @@ class EvalSession:
         if cfg.model != self.cfg.model or cfg.engine != self.cfg.engine:
             raise EvalError(f"this session holds {self.cfg.model.name} on {self.cfg.engine.backend}; "
                             f"{cfg.model.name} on {cfg.engine.backend} needs its own")
-        specs = benchmark_specs(cfg.protocol.benchmarks)
-        benchmarks = {name: load_problems(spec, data_dir=cfg.protocol.data_dir, limit=cfg.protocol.limit)
+        if cfg.reward.entries() != self.cfg.reward.entries():
+            raise EvalError("this session scores with other reward functions; evaluate these in a session of their own")
+        proto = cfg.protocol
+        if self.scorer is None and proto.answer_field is None:
+            raise EvalError("protocol.answer_field is null, but Math-Verify needs gold answers; name the answer "
+                            "column, or score with a reward function (--reward package.module:fn)")
+        specs = benchmark_specs(proto.benchmarks)
+        benchmarks = {name: load_problems(spec, data_dir=proto.data_dir, limit=proto.limit,
+                                          problem_field=proto.problem_field, answer_field=proto.answer_field)
                       for name, spec in specs.items()}
         template = cfg.target.template
         assert template is not None  # filled by resolve_defaults
@@ -148,15 +161,16 @@ class EvalSession:
         for target in targets:
             file = files.get(target.vectors) if target.vectors is not None else None
             steering = self._steering(file, cfg)  # checked before the output directory is made
-            protocol = protocol_record(cfg, target, file, specs, benchmarks, dtype=self.dtype)
+            protocol = protocol_record(cfg, target, file, specs, benchmarks, self.scorer, dtype=self.dtype)
             with owning(target.out, "evaluation", log=self.log):  # one process per output directory
                 prepare_out(target.out, protocol)
                 self.log(f"evaluating {target.label} on {', '.join(benchmarks)} → {target.out}")
                 t0 = time.perf_counter()
                 for bench, problems in benchmarks.items():
                     for seed in cfg.protocol.seeds:
-                        run_benchmark(bench, seed, problems, prompts[bench], steering, self.backend, self.pool, cfg,
-                                      samples_file(target.out, bench, seed), log=self.log)
+                        run_benchmark(bench, seed, problems, prompts[bench], steering, self.backend,
+                                      self.scorer or self.pool, cfg, samples_file(target.out, bench, seed),
+                                      log=self.log)
                 results = summarize(target.out, cfg, benchmarks, protocol, seconds=time.perf_counter() - t0)
                 write_results(target.out, results)
             self.log(f"{markdown_table(results)}\n\n{csv_table(results)}(in {target.out}/results.{{json,md,csv}}; "
@@ -210,7 +224,7 @@ def _steering_of(vectors: SteeringVectors | None, cfg: EvalConfig, arch: Any) ->
 
 
 def run_benchmark(bench: str, seed: int, problems: Sequence[Problem], prompts: Sequence[Prompt], steering: Any,
-                  backend: Backend, pool: RewardPool, cfg: EvalConfig, path: Path, *,
+                  backend: Backend, pool: RewardPool | FunctionScorer, cfg: EvalConfig, path: Path, *,
                   log: Callable[[str], None] = print) -> None:
     """Sample, score and append every missing (problem, sample) of one benchmark and seed to ``path``.
 
@@ -256,25 +270,39 @@ def run_benchmark(bench: str, seed: int, problems: Sequence[Problem], prompts: S
 
 
 def _score(keys: Sequence[tuple[int, int]], rollouts: Sequence[Rollout], problems: Sequence[Problem],
-           prompts: Sequence[Prompt], pool: RewardPool, cfg: EvalConfig, bench: str, seed: int) -> list[dict[str, Any]]:
+           prompts: Sequence[Prompt], pool: RewardPool | FunctionScorer, cfg: EvalConfig, bench: str,
+           seed: int) -> list[dict[str, Any]]:
+    """The samples' records. With reward functions, ``reward`` is 1 for a success (total above
+    ``reward.success_above``) and 0 otherwise, ``score`` the total the training scorer gives, ``rewards``
+    each function's own."""
     template, extraction = cfg.target.template, cfg.protocol.extraction
     assert template is not None  # filled by resolve_defaults
-    batch: RewardBatch = pool.score([r.text for r in rollouts], [problems[i].answer for i, _ in keys], template,
-                                    extraction, normalize_scientific=cfg.protocol.normalize_scientific)
-    return [_record(i, k, problems, prompts, bench, seed, r.request.seed, r.text,
-                    extract_answer(r.text, template, extraction), reward, status, r.finish_reason, r.num_tokens,
-                    float(sum(r.logprobs)) if r.logprobs is not None else None)
-            for (i, k), r, reward, status in zip(keys, rollouts, batch.rewards, batch.statuses, strict=True)]
+    batch: RewardBatch
+    if isinstance(pool, FunctionScorer):
+        batch = pool.score(rollouts, [problems[i] for i, _ in keys])
+        extra = [{"score": total, "rewards": {name: v[j] for name, v in batch.components.items()}}
+                 for j, total in enumerate(batch.rewards)]
+        rewards = [float(s == "correct") for s in batch.statuses]
+        answers: list[str | None] = [None] * len(keys)
+    else:
+        batch = pool.score([r.text for r in rollouts], golds([problems[i] for i, _ in keys]), template, extraction,
+                           normalize_scientific=cfg.protocol.normalize_scientific)
+        extra, rewards = [{} for _ in keys], list(batch.rewards)
+        answers = [extract_answer(r.text, template, extraction) for r in rollouts]
+    return [_record(i, k, problems, prompts, bench, seed, r.request.seed, r.text, answer, reward, status,
+                    r.finish_reason, r.num_tokens, float(sum(r.logprobs)) if r.logprobs is not None else None, more)
+            for (i, k), r, answer, reward, more, status in zip(keys, rollouts, answers, rewards, extra, batch.statuses,
+                                                               strict=True)]
 
 
 def _record(i: int, k: int, problems: Sequence[Problem], prompts: Sequence[Prompt], bench: str, seed: int,
             sample_seed: int, completion: str, answer: str | None, reward: float, status: str, finish_reason: str,
-            length: int, logprob: float | None) -> dict[str, Any]:
-    """One line of a samples file."""
+            length: int, logprob: float | None, more: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of a samples file (``more``: a reward function's total score and each function's reward)."""
     return {"benchmark": bench, "seed": seed, "problem_index": i, "problem_id": problems[i].id, "sample": k,
             "sample_seed": sample_seed, "prompt": prompts[i].text, "completion": completion, "answer": answer,
-            "gold": problems[i].answer, "reward": reward, "status": status, "finish_reason": finish_reason,
-            "length": length, "logprob": logprob}
+            "gold": problems[i].answer, "reward": reward, **(more or {}), "status": status,
+            "finish_reason": finish_reason, "length": length, "logprob": logprob}
 
 
 # ------------------------------------------------------------------------------------------- provenance
@@ -306,14 +334,18 @@ def benchmark_specs(benchmarks: Sequence[str]) -> dict[str, str]:
 
 
 def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, specs: dict[str, str],
-                    benchmarks: dict[str, list[Problem]], *, dtype: str = "float32") -> dict[str, Any]:
+                    benchmarks: dict[str, list[Problem]], scorer: FunctionScorer | None = None, *,
+                    dtype: str = "float32") -> dict[str, Any]:
     """Everything that determines the samples (compared on resume) plus versions, for the record; ``dtype``
     is the dtype the model runs in."""
     data = {bench: {**data_origin(name, cfg.protocol.data_dir), "problems": len(benchmarks[bench])}
             for bench, name in specs.items()}
     settings = to_dict(cfg)
-    for how in ("engine", "reward", "select"):  # how samples are produced, verified or used does not change them
+    for how in ("engine", "select"):  # how samples are produced or used does not change what they are
         settings.pop(how)
+    reward = settings.pop("reward")
+    if scorer is not None:  # what scores them does: the functions, their weights and the success threshold
+        settings["reward"] = {k: reward[k] for k in ("function", "functions", "success_above")}
     return {
         "target": target.label,
         "vectors": str(target.vectors) if target.vectors else None,
@@ -323,6 +355,7 @@ def protocol_record(cfg: EvalConfig, target: Target, file: VectorFile | None, sp
         "dtype": dtype,
         "samples_per_problem": {b: cfg.protocol.samples(b) for b in benchmarks},
         "data": data,
+        **({"reward": scorer.record()} if scorer is not None else {}),
         "backend": cfg.engine.backend,
         "versions": {name: _version(name) for name in ("rlsteer", "math-verify", "torch", "transformers")},
     }

@@ -2,12 +2,13 @@
 
 Each DIR is a run (it has ``config.yaml`` or ``metrics.jsonl``) or a folder of runs, such as the demo's
 ``runs/demo``. A folder gets an overview first: every run's reward curve in one plot, and every evaluation
-found under it side by side (one table and bar chart per protocol). Then, for each run: what was trained
-(model, sites, steps, template), the training curves (reward, accuracy, completion length, truncation,
-vector norms) drawn from ``metrics.jsonl``, every evaluation under ``eval/`` as a table with its protocol,
-and every analysis figure under ``analysis/`` with one sentence on how to read it and the paper figure it
-corresponds to, plus the top Δp tokens and the Δp case study. Images and the case study are embedded, so the
-file can be mailed.
+found under it side by side (one table and bar chart per protocol), with their first samples side by side
+(before and after steering). Then, for each run: what was trained (model, sites, steps, template, reward),
+the training curves (reward and each reward function's own, accuracy, completion length, truncation, vector
+norms) drawn from ``metrics.jsonl``, every evaluation under ``eval/`` as a table with its protocol and its
+samples side by side, and every analysis figure under ``analysis/`` with one sentence on how to read it and the
+paper figure it corresponds to, plus the top Δp tokens and the Δp case study. Images and the case study are
+embedded, so the file can be mailed.
 
 Example:
     >>> build_report(["runs/demo"], "runs/demo/report.html")  # doctest: +SKIP
@@ -99,6 +100,8 @@ def _load_result(path: Path, warn: Warn) -> dict[str, Any] | None:
     """An evaluation's results.json, or None (with a warning) when it is damaged or not rlsteer's."""
     try:
         result = json.loads(path.read_bytes().decode("utf-8"))
+        if isinstance(result, dict) and set(result) == {"selection"}:  # a --select record, shown with its run
+            return None
         _results_table(result)  # touches every field the report shows
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
         warn(f"{path}: not a readable rlsteer results file ({type(err).__name__}: {first_line(err)}); skipped")
@@ -118,6 +121,8 @@ def training_figure(metrics: Sequence[dict[str, Any]]) -> bytes:
     fig, axes = subplots(1, 3, figsize=(13, 3.2))
     axes[0].plot(steps, [m["reward_mean"] for m in metrics], marker=".", label="reward (mean)")
     axes[0].plot(steps, [m["accuracy"] for m in metrics], marker=".", label="accuracy")
+    for key in sorted({k for m in metrics for k in m if k.startswith("reward/")}):  # each reward function's own
+        axes[0].plot(steps, [m.get(key) for m in metrics], ls="--", lw=1, label=key)
     axes[0].set_title("reward")
     axes[0].legend(fontsize=7)
     axes[1].plot(steps, [m["len_mean"] for m in metrics], marker=".", color="tab:green", label="mean length")
@@ -224,12 +229,13 @@ def folder_section(root: Path, warn: Warn = _stderr) -> str:
     curves = [(run.name, m) for run in runs if (m := _curves(RunDir(run).metrics, _quiet))]  # run_section warns
     if curves:
         parts.append(_img(reward_figure(curves), "training reward per run")
-                     + "<p class='caption'>Mean reward (±1 per sample, Math-Verify) per RLOO step of each run: the "
-                       "vectors start at zero, so step 1 is the base model.</p>")
+                     + "<p class='caption'>Mean reward per RLOO step of each run: the vectors start at zero, so "
+                       "step 1 is the base model.</p>")
     # the folder's own evaluations (baselines) first, then each run's
     results = sorted(root.rglob("results.json"), key=lambda p: (p.relative_to(root).parts[0] != EVAL, str(p.parent)))
     if results:
         parts.append(comparison_section(root, results, warn))
+        parts.append(samples_section([(eval_label(root, path), path.parent) for path in results]))
     else:
         parts.append("<p class='missing'>No evaluations under this folder yet.</p>")
     return "\n".join(parts + [run_section(run, warn) for run in runs])
@@ -297,15 +303,23 @@ def run_section(run_dir: Path, warn: Warn = _stderr) -> str:
         parts.append("<h3>Training</h3>" + _img(training_figure(metrics), "training curves")
                      + f"<p class='caption'>Reward {first['reward_mean']:+.3f} → {last['reward_mean']:+.3f} and "
                        f"accuracy {first['accuracy']:.2f} → {last['accuracy']:.2f} over {len(metrics)} steps. "
-                       "Reward is ±1 per sample (Math-Verify), so accuracy = (reward + 1) / 2.</p>")
+                       f"{html.escape(reward_note(cfg, first, last))}</p>")
     else:
         parts.append("<p class='missing'>No training metrics (metrics.jsonl) in this directory.</p>")
     files = sorted(run.eval_root.rglob("results.json")) if run.eval_root.is_dir() else []
     parts.append("<h3>Evaluations</h3>")
+    if run.selection.is_file():
+        try:
+            chosen = json.loads(run.selection.read_text())
+            parts.append(f"<p>Selected checkpoint: step {int(chosen['selected_step'])}, "
+                         f"{html.escape(str(chosen.get('why', '')))} (selection.json).</p>")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warn(f"{run.selection}: unreadable ({first_line(err)}); the selection is left out")
     results = [(path, result) for path in files if (result := _load_result(path, warn)) is not None]
     if results:
         for path, result in results:
             parts.append(f"<h4>{html.escape(str(path.parent.relative_to(run_dir)))}</h4>{_results_table(result)}")
+        parts.append(samples_section([(str(p.parent.relative_to(run.eval_root)), p.parent) for p, _ in results]))
     else:
         parts.append("<p class='missing'>No evaluations yet: <code>rlsteer eval " + html.escape(str(run_dir))
                      + "</code>.</p>")
@@ -336,6 +350,74 @@ def run_section(run_dir: Path, warn: Warn = _stderr) -> str:
     return "\n".join(parts)
 
 
+def reward_note(cfg: dict[str, Any], first: dict[str, Any], last: dict[str, Any]) -> str:
+    """How to read a run's reward: Math-Verify's ±1, or the weighted reward functions with their own curves."""
+    reward = cfg.get("reward", {}) or {}
+    if reward.get("kind") == "python":
+        terms = ([{"function": reward["function"], "weight": 1.0}] if reward.get("function")
+                 else list(reward.get("functions") or []))
+        shown = " + ".join(f"{t.get('weight', 1.0):g} × {t.get('name') or str(t['function']).rpartition(':')[2]}"
+                           for t in terms)
+        own = "; ".join(f"{k.removeprefix('reward/')} {first[k]:.3f} → {last[k]:.3f}" for k in last
+                        if k.startswith("reward/") and k in first)
+        own = f": {own}" if own else ""
+        return (f"Reward = {shown} (reward functions from user code; dashed: each one's own mean{own}); accuracy "
+                f"is the share of completions with a reward above {reward.get('success_above', 0.0):g}.")
+    if reward.get("kind") == "first_token":
+        return "Reward is +1 when the first generated token is the target."
+    return "Reward is ±1 per sample (Math-Verify), so accuracy = (reward + 1) / 2."
+
+
+def samples_section(evaluations: Sequence[tuple[str, Path]], problems: int = 4, chars: int = 400) -> str:
+    """The first sample of the first ``problems`` problems of each benchmark and seed, one column per evaluation
+    (before and after steering, when a base evaluation is among them), with each sample's reward."""
+    from rlsteer.samples import SAMPLES, read_samples
+
+    groups: dict[str, list[tuple[str, dict[int, dict[str, Any]]]]] = {}
+    for label, folder in evaluations:
+        for file in sorted((folder / SAMPLES).glob("*.jsonl")) if (folder / SAMPLES).is_dir() else []:
+            first = {r["problem_index"]: r for r in read_samples(file) if r.get("sample") == 0}
+            groups.setdefault(file.stem, []).append((label, first))
+    parts = []
+    for group, columns in groups.items():
+        indices = sorted({i for _, rows in columns for i in rows})[:problems]
+        head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+        body = []
+        for i in indices:
+            row = next(rows[i] for _, rows in columns if i in rows)
+            cells = "".join(_sample_cell(rows.get(i), chars) for _, rows in columns)
+            body.append(f"<tr><td class='sample'><pre>{html.escape(_tail(str(row.get('prompt', '')), 240))}</pre>"
+                        f"</td>{cells}</tr>")
+        means = []
+        for label, rows in columns:
+            scores = [float(x) for r in rows.values() if (x := r.get("score", r.get("reward"))) is not None]
+            if scores:
+                means.append(f"{label}: mean reward {sum(scores) / len(scores):.3f} over {len(scores)} problems")
+        parts.append(f"<details open><summary>Samples of {html.escape(group)} side by side (first sample of each "
+                     f"problem; {html.escape('; '.join(means))})</summary><table class='samples'><tr><th>prompt"
+                     f"</th>{head}</tr>{''.join(body)}</table></details>")
+    return "\n".join(parts)
+
+
+def _sample_cell(record: dict[str, Any] | None, chars: int) -> str:
+    if record is None:
+        return "<td>—</td>"
+    reward = record.get("score", record.get("reward"))
+    parts = record.get("rewards") or {}
+    detail = ", ".join(f"{k} {v:g}" for k, v in parts.items())
+    return (f"<td class='sample'><pre>{html.escape(_head(str(record.get('completion', '')), chars))}</pre>"
+            f"<span class='small'>reward {reward:g}{' (' + html.escape(detail) + ')' if detail else ''}, "
+            f"{html.escape(str(record.get('status', '')))}</span></td>")
+
+
+def _head(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars] + " …"
+
+
+def _tail(text: str, chars: int) -> str:
+    return text if len(text) <= chars else "… " + text[-chars:]
+
+
 def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                  warn: Warn = _stderr) -> Path:
     """Write one self-contained HTML report for ``run_dirs`` (atomically) and return its path; damaged records
@@ -351,7 +433,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{text-align:left}"
             ".caption{color:#444;font-style:italic}.small{font-size:.85em;color:#555}.missing{color:#a40}"
             "pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em}"
-            "iframe{width:100%;height:32em;border:1px solid #eee}</style>"
+            "iframe{width:100%;height:32em;border:1px solid #eee}"
+            "td.sample{text-align:left;vertical-align:top;max-width:28em;font-size:.85em}"
+            "td.sample pre{white-space:pre-wrap;background:none;padding:0;margin:0}</style>"
             "<h1>rlsteer report</h1><p>Steering vectors trained with RLOO on a frozen model, their evaluations "
             "and analyses (arXiv 2509.06608).</p>" + body)
     path = Path(out)

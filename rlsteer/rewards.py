@@ -204,10 +204,15 @@ def math_reward(completion: str, gold: str, template: str = DEFAULT_TEMPLATE, *,
 
 @dataclass(frozen=True)
 class RewardBatch:
-    """Rewards of a batch, with how each answer was judged and the counts a trainer logs."""
+    """Rewards of a batch, with how each answer was judged and the counts a trainer logs.
+
+    ``components`` holds, for rewards that are a weighted sum of several functions, each function's own
+    (unweighted) rewards by name (:mod:`rlsteer.reward_functions`); it is empty for Math-Verify.
+    """
 
     rewards: tuple[float, ...]
     statuses: tuple[Status, ...]
+    components: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict, compare=False)
 
     def count(self, status: Status) -> int:
         return sum(s == status for s in self.statuses)
@@ -225,12 +230,109 @@ class RewardBatch:
         return self.count("no_answer")
 
 
+class WorkerPool:
+    """Worker processes that answer one JSON line per task, each within a hard deadline; reuse it across calls.
+
+    Workers are separate Python interpreters (``python -m rlsteer.verify_worker ARGS``) fed one JSON line per
+    task, so the pool works from scripts and notebooks alike (no ``__main__`` guard needed) and a hung
+    worker can simply be killed (and replaced).
+
+    Args:
+        workers: processes (at least 1).
+        timeout_s: seconds one task may take; past it the worker is killed and replaced.
+        args: the worker's arguments (see :mod:`rlsteer.verify_worker`).
+        describe: what the workers run, for the error when one cannot start.
+    """
+
+    TIMEOUT: dict[str, Any] = {"timeout": True}  # the outcome of a task past its deadline
+    DIED: dict[str, Any] = {"died": True}  # the outcome of a task whose worker exited
+
+    def __init__(self, workers: int, timeout_s: float, args: Sequence[str], describe: str) -> None:
+        if workers < 1 or timeout_s <= 0:
+            raise RewardError("a worker pool needs workers >= 1 and timeout_s > 0")
+        self.workers, self.timeout_s, self.args, self.describe = workers, timeout_s, tuple(args), describe
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            _stop(proc)
+        self._procs = []
+
+    def map(self, tasks: Sequence[dict[str, Any]],
+            stop: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any] | None]:
+        """Each task's reply (a dict), :attr:`TIMEOUT` or :attr:`DIED`, in order.
+
+        When ``stop`` says yes to an outcome, no further task is started and the tasks still running are
+        abandoned (their workers replaced): those and the unstarted ones come back as None.
+        """
+        while len(self._procs) < self.workers:
+            self._procs.append(self._spawn())
+        results: list[dict[str, Any] | None] = [None] * len(tasks)
+        pending = list(range(len(tasks)))[::-1]
+        busy: dict[int, tuple[int, float]] = {}  # worker slot → (task index, deadline)
+        while pending or busy:
+            for slot, proc in enumerate(self._procs):
+                if slot not in busy and pending:
+                    index = pending.pop()
+                    _send(proc, tasks[index])
+                    busy[slot] = (index, time.monotonic() + self.timeout_s)
+            next_deadline = min(deadline for _, deadline in busy.values())
+            ready = wait([self._procs[s].stdout for s in busy],  # type: ignore[misc]
+                         timeout=max(0.0, next_deadline - time.monotonic()))
+            for slot in list(busy):
+                proc = self._procs[slot]
+                index, deadline = busy[slot]
+                if proc.stdout in ready:
+                    line = proc.stdout.readline() if proc.stdout else b""
+                    if line:
+                        results[index] = json.loads(line)
+                    else:  # the worker died: replace it
+                        results[index] = self.DIED
+                        self._replace(slot)
+                    del busy[slot]
+                elif time.monotonic() >= deadline:
+                    results[index] = self.TIMEOUT
+                    self._replace(slot)
+                    del busy[slot]
+                else:
+                    continue
+                if stop is not None and stop(results[index] or {}):
+                    for other in busy:  # their replies would otherwise answer the next call's tasks
+                        self._replace(other)
+                    return results
+        return results
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # A session of its own: a Ctrl-C meant for rlsteer (the terminal sends it to the whole process group)
+        # would otherwise kill the worker mid-answer, and the pool would score that answer a parse failure;
+        # the pool stops its workers itself (close() and _replace()).
+        proc = subprocess.Popen([sys.executable, "-m", "rlsteer.verify_worker", *self.args], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env, start_new_session=True)
+        # Wait for the worker's imports before any deadline starts counting.
+        ready = wait([proc.stdout], timeout=120)  # type: ignore[list-item]
+        line = proc.stdout.readline() if ready and proc.stdout else b""
+        if not line.startswith(b'{"ready"'):
+            _stop(proc)
+            raise RewardError(f"a worker process failed to start; check that {self.describe}")
+        return proc
+
+    def _replace(self, slot: int) -> None:
+        _stop(self._procs[slot], kill=True)
+        self._procs[slot] = self._spawn()
+
+
 class RewardPool:
     """Verify answers in worker processes with a hard per-answer deadline; reuse it across steps.
 
-    Workers are separate Python interpreters (``python -m rlsteer.verify_worker``) fed one JSON line per
-    answer, so the pool works from scripts and notebooks alike (no ``__main__`` guard needed) and a hung
-    worker can simply be killed.
+    The workers (a :class:`WorkerPool`) start on the first batch; a worker past the deadline is killed and
+    replaced, and its answer counts as a timeout.
 
     Args:
         workers: processes (0 verifies in this process, without a deadline).
@@ -250,7 +352,12 @@ class RewardPool:
         if workers < 0 or timeout_s <= 0:
             raise RewardError("RewardPool needs workers >= 0 and timeout_s > 0")
         self.workers, self.timeout_s, self.values, self.verify = workers, timeout_s, values, verify
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._pool = WorkerPool(workers, timeout_s, [verify], f"math-verify is installed and that {verify!r} can "
+                                "be imported") if workers > 0 else None
+
+    @property
+    def _procs(self) -> list[subprocess.Popen[bytes]]:
+        return self._pool._procs if self._pool is not None else []
 
     def __enter__(self) -> RewardPool:
         return self
@@ -259,9 +366,8 @@ class RewardPool:
         self.close()
 
     def close(self) -> None:
-        for proc in self._procs:
-            _stop(proc)
-        self._procs = []
+        if self._pool is not None:
+            self._pool.close()
 
     def score(self, completions: Sequence[str], golds: Sequence[str], template: str = DEFAULT_TEMPLATE,
               extraction: Extraction = "boxed", *, normalize_scientific: bool = False) -> RewardBatch:
@@ -270,64 +376,22 @@ class RewardPool:
             raise RewardError(f"{len(completions)} completions but {len(golds)} gold answers")
         tasks = [Task(c, g, template, extraction, normalize_scientific)
                  for c, g in zip(completions, golds, strict=True)]
-        if self.workers == 0:
+        if self._pool is None:
             fn = resolve_function(self.verify)
             statuses: list[Status] = [fn(t) for t in tasks]
         else:
-            statuses = self._run(tasks)
+            statuses = [_status(outcome) for outcome in self._pool.map([dataclasses.asdict(t) for t in tasks])]
         return RewardBatch(tuple(to_reward(s, self.values) for s in statuses), tuple(statuses))
 
-    def _run(self, tasks: list[Task]) -> list[Status]:
-        while len(self._procs) < self.workers:
-            self._procs.append(self._spawn())
-        results: list[Status | None] = [None] * len(tasks)
-        pending = list(range(len(tasks)))[::-1]
-        busy: dict[int, tuple[int, float]] = {}  # worker slot → (task index, deadline)
-        while pending or busy:
-            for slot, proc in enumerate(self._procs):
-                if slot not in busy and pending:
-                    index = pending.pop()
-                    _send(proc, dataclasses.asdict(tasks[index]))
-                    busy[slot] = (index, time.monotonic() + self.timeout_s)
-            next_deadline = min(deadline for _, deadline in busy.values())
-            ready = wait([self._procs[s].stdout for s in busy],  # type: ignore[misc]
-                         timeout=max(0.0, next_deadline - time.monotonic()))
-            for slot in list(busy):
-                proc = self._procs[slot]
-                index, deadline = busy[slot]
-                if proc.stdout in ready:
-                    line = proc.stdout.readline() if proc.stdout else b""
-                    if line:
-                        results[index] = json.loads(line)["status"]
-                    else:  # the worker died: count as a parse failure and replace it
-                        results[index] = "parse_error"
-                        self._replace(slot)
-                    del busy[slot]
-                elif time.monotonic() >= deadline:
-                    results[index] = "timeout"
-                    self._replace(slot)
-                    del busy[slot]
-        return [r if r is not None else "parse_error" for r in results]
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        # A session of its own: a Ctrl-C meant for rlsteer (the terminal sends it to the whole process group)
-        # would otherwise kill the worker mid-answer, and the pool would score that answer a parse failure;
-        # the pool stops its workers itself (close() and _replace()).
-        proc = subprocess.Popen([sys.executable, "-m", "rlsteer.verify_worker", self.verify], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, start_new_session=True)
-        # Wait for the worker's imports before any deadline starts counting.
-        ready = wait([proc.stdout], timeout=120)  # type: ignore[list-item]
-        line = proc.stdout.readline() if ready and proc.stdout else b""
-        if not line.startswith(b'{"ready"'):
-            _stop(proc)
-            raise RewardError("a verification worker failed to start; check that math-verify is installed "
-                              f"and that {self.verify!r} can be imported")
-        return proc
-
-    def _replace(self, slot: int) -> None:
-        _stop(self._procs[slot], kill=True)
-        self._procs[slot] = self._spawn()
+def _status(outcome: dict[str, Any] | None) -> Status:
+    """A worker's outcome as a status: a timeout is a timeout, a dead worker a parse failure."""
+    if outcome is None or outcome is WorkerPool.DIED:
+        return "parse_error"
+    if outcome is WorkerPool.TIMEOUT:
+        return "timeout"
+    status: Status = outcome["status"]
+    return status
 
 
 def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:

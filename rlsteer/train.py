@@ -55,6 +55,7 @@ from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity, model_shape
+from rlsteer.reward_functions import RewardCallError
 from rlsteer.rewards import RewardBatch
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
 from rlsteer.rollout import Backend, Request, SamplingParams
@@ -96,13 +97,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         if RunDir(cfg.run.path).is_run():
             stop.resume = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
         raise
+    except RewardCallError as err:  # raised while scoring a step, before anything of it was applied
+        command = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
+        raise RewardCallError(f"{err}; the step was not applied (the run keeps its finished steps): fix the "
+                              f"function, then {command}") from None
     finally:
         close_world(world)
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: World,
            owned: contextlib.ExitStack) -> Path:
-    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit)
+    problems = load_problems(cfg.data.dataset, data_dir=cfg.data.data_dir, limit=cfg.data.limit,
+                             problem_field=cfg.data.problem_field, answer_field=cfg.data.answer_field)
     problems, held_out = split_holdout(problems, cfg.data.holdout, cfg.data.shuffle_seed)
     check_problem_count(len(problems), cfg)
     check_template(cfg.data.template, "data.template")
@@ -119,8 +125,9 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
     prompts = [build_prompt(tok, p.problem, cfg.data.template, cfg.data.prefix) for p in problems]
     problems, prompts = within_budget(problems, prompts, cfg, log)
     vectors = build_vectors(model, cfg)
-    # config.yaml appears only once the model, data and steering config have been checked, so bad input
-    # leaves no half-made run behind
+    scorer = make_scorer(cfg, model, tok, prompts)  # imports reward functions from user code: checked here too
+    # config.yaml appears only once the model, data, steering config and reward have been checked, so bad
+    # input leaves no half-made run behind
     on_main(lambda: prepare_run_dir(cfg), world)
     if held_out and world.is_main:  # the validation split, for checkpoint selection (rlsteer.selection)
         write_atomically(run.holdout, problems_jsonl(held_out))
@@ -139,8 +146,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
                            max_model_len=cfg.rollout.max_total_tokens, share_prompts=cfg.rl.share_prompts, world=world)
     sampling = cfg.rollout.sampling()
     tracker = make_tracker(cfg.run.logger if world.is_main else "none", run.path, to_dict(cfg))
-    scorer = make_scorer(cfg, model, tok, prompts)
-    if cfg.reward.kind == "math" and cfg.reward.workers == 0:
+    if cfg.reward.kind == "math" and cfg.reward.worker_count(functions=False) == 0:
         log(f"note: reward.workers=0 verifies answers in this process without the {cfg.reward.timeout_s:g} s "
             "deadline of reward.timeout_s (a verification that hangs stops the run)")
     ranks = f" on {world.size} ranks" if world.enabled else ""
@@ -251,6 +257,8 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
         "time_generate": times[0], "time_reward": times[1], "time_backward": times[2], "time_optim": times[3],
         "tokens_per_s": float(lengths.sum()) / max(times[0], 1e-9),
     }
+    for name, values in scored.components.items():  # each reward function's own mean (reward.functions)
+        record[f"reward/{name}"] = all_sum(math.fsum(values), world) / rewards.numel()
     record.update({f"norm/{name}": value for name, value in vectors.norms().items()})
     return record
 
@@ -445,7 +453,8 @@ def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, ru
 
 
 def format_record(r: dict[str, Any]) -> str:
-    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}  acc {r['accuracy']:.3f}  "
+    parts = "".join(f"  {k.removeprefix('reward/')} {v:+.3f}" for k, v in r.items() if k.startswith("reward/"))
+    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}{parts}  acc {r['accuracy']:.3f}  "
             f"len {r['len_mean']:.0f}  trunc {r['truncated']:.2f}  |g| {r['grad_norm']:.3g}  "
             f"gen {r['time_generate']:.1f}s  rew {r['time_reward']:.1f}s  bwd {r['time_backward']:.1f}s  "
             f"{r['tokens_per_s']:.0f} tok/s")
