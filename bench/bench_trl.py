@@ -45,12 +45,14 @@ from rlsteer.templates import build_prompt
 from rlsteer.train import batch_indices, train
 
 PRESET = "demo-cpu"
+MICRO = 16  # samples per micro-batch on both sides
 
 
 def rlsteer_steps(steps: int, share: bool, root: Path) -> list[dict[str, float]]:
     cfg = load_config(TrainConfig, PRESET, [f"rl.steps={steps}", f"rl.share_prompts={str(share).lower()}",
                                             f"run.dir={root / ('rlsteer-shared' if share else 'rlsteer')}",
-                                            "run.checkpoint_every=1000", "reward.workers=0"])
+                                            "run.checkpoint_every=1000", "reward.workers=0",
+                                            f"rl.micro_batch_size={MICRO}"])
     run = train(cfg, log=lambda _: None)
     rows = []
     for m in read_metrics(run / "metrics.jsonl")[1:]:
@@ -82,8 +84,8 @@ def trl_steps(steps: int, root: Path) -> list[dict[str, float]]:
 
     args = RLOOConfig(
         output_dir=str(root / "trl"), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-        max_steps=steps, per_device_train_batch_size=cfg.rl.micro_batch_size,
-        gradient_accumulation_steps=cfg.rl.prompts_per_step * cfg.rl.samples_per_prompt // cfg.rl.micro_batch_size,
+        max_steps=steps, per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=cfg.rl.prompts_per_step * cfg.rl.samples_per_prompt // MICRO,
         num_generations=cfg.rl.samples_per_prompt, max_completion_length=cfg.rollout.max_new_tokens,
         temperature=cfg.rollout.temperature, top_p=1.0, top_k=0, beta=0.0, num_iterations=1,
         normalize_advantages=False, learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0,

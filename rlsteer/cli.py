@@ -588,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, hub id, folder or .gguf")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=12, help="RLOO steps per vector (default 12)")
-    p.add_argument("--eval-problems", type=int, default=64, help="held-out additions per evaluation (default 64)")
+    p.add_argument("--eval-problems", type=int, default=52,
+                   help="held-out additions per evaluation, at most 52: the one-digit additions that training "
+                        "never draws, in either operand order (default 52, all of them)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("models", help="list the built-in model aliases and supported architectures")

@@ -282,20 +282,29 @@ class RLSection:
     """RLOO: B prompts × N samples per step, one optimizer step per round.
 
     Attributes:
+        micro_batch_tokens: the loss pass's token budget per micro-batch: consecutive samples are packed
+            into one row until it would hold more tokens than this (shared prompts counted once; a longer
+            sample gets a row of its own). Gradients accumulate over micro-batches into one optimizer step.
+        micro_batch_size: also at most this many samples per micro-batch (null: no count limit).
+        pack: run each micro-batch as one packed row without padding (per-sequence positions, attention
+            kept inside each sequence); off pads every sample to the longest of its micro-batch. The same
+            log-probs and gradients up to float rounding.
         share_prompts: prefill each distinct prompt once when sampling (HF backend), and process it once per
-            micro-batch in the loss pass with its samples attending to its KV cache (the same numbers up to
-            float rounding, fewer tokens through forward and backward); off computes every sample's prompt
-            again, as other trainers do.
+            micro-batch in the loss pass with its samples attending to it (the same numbers up to float
+            rounding, fewer tokens through forward and backward); off computes every sample's prompt again,
+            as other trainers do.
         gradient_checkpointing: recompute each layer's activations in the backward pass (less memory, one
-            more forward); the loss pass then runs without the shared prompt cache.
+            more forward). Unpacked, the loss pass then runs without sharing prompts (that needs a KV cache).
     """
 
     steps: int = ranged(314, ge=1)
     prompts_per_step: int = ranged(128, ge=1)
     samples_per_prompt: int = ranged(16, ge=2, why="each sample's baseline is the other samples of its prompt")
     baseline: Literal["loo", "mean", "group_std"] = "loo"
-    micro_batch_size: int = ranged(8, ge=1)
+    micro_batch_tokens: int | None = ranged(8192, ge=1)
+    micro_batch_size: int | None = ranged(None, ge=1)
     seed: int = 0
+    pack: bool = True
     share_prompts: bool = True
     gradient_checkpointing: bool = False
 

@@ -13,7 +13,8 @@ A dataset spec is one of
 * ``package.module:function`` or ``path/to/file.py:function``: a function of no arguments returning the
   rows (dicts), read like a file's (for tasks generated in code, such as :mod:`rlsteer.examples.json_reply`);
 * ``synthetic-arithmetic[:key=value,…]``: arithmetic word problems with integer answers, deterministic by
-  seed (keys: n, operands, digits, ops, seed, style) — for CPU demos and tests.
+  seed (keys: n, operands, digits, ops, seed, style, and split=train|test, holdout, distinct for training and
+  held-out sets that share no problem) — for CPU demos and tests.
 
 Rows without a problem or an answer are errors reported with file and line, never dropped silently. A row's
 other columns (besides ``id`` and ``source``) are kept in :attr:`Problem.meta`; reward functions receive them
@@ -381,7 +382,8 @@ _THINGS = ("apple", "marble", "pencil", "sticker", "coin", "book")
 
 
 def synthetic_arithmetic(n: int = 256, operands: int = 2, digits: int = 2, ops: str = "+", seed: int = 0,
-                         style: str = "word") -> list[Problem]:
+                         style: str = "word", split: str = "all", holdout: float = 0.5,
+                         distinct: bool = False) -> list[Problem]:
     """Arithmetic problems with integer answers.
 
     Args:
@@ -391,6 +393,18 @@ def synthetic_arithmetic(n: int = 256, operands: int = 2, digits: int = 2, ops: 
         ops: operators to draw from, a subset of "+-*".
         seed: the same seed gives the same problems.
         style: "word" (a one-sentence story) or "expression" ("What is 12 + 7 - 3?").
+        split: "all", or "train" / "test": only problems whose arithmetic (operands and operators, in any
+            order when the only operator is + or *) falls in the training or the held-out part. The parts
+            are fixed by a hash of the arithmetic, independent of seed, n and style, so a "test" set never
+            shares a problem (operands in either order) with any "train" set: held-out problems are held out.
+        holdout: the share of all possible problems in the "test" part.
+        distinct: no arithmetic twice (operands in the same order; an error when the space has fewer than n).
+
+    Example:
+        >>> train = synthetic_arithmetic(200, digits=1, style="expression", split="train")
+        >>> test = synthetic_arithmetic(20, digits=1, style="expression", split="test", distinct=True, seed=1)
+        >>> {p.problem for p in train} & {p.problem for p in test}
+        set()
     """
     if n < 1 or operands < 2 or digits < 1 or not ops or set(ops) - set("+-*"):
         raise DataError("synthetic-arithmetic needs n >= 1, operands >= 2, digits >= 1 and ops drawn from '+-*'")
@@ -398,14 +412,33 @@ def synthetic_arithmetic(n: int = 256, operands: int = 2, digits: int = 2, ops: 
         raise DataError("style=word supports operands=2; use style=expression for more operands")
     if style not in ("word", "expression"):
         raise DataError(f"unknown synthetic style {style!r}; use word or expression")
+    if split not in ("all", "train", "test") or not 0 < holdout < 1:
+        raise DataError(f"synthetic split={split!r}, holdout={holdout!r}: use split=all, train or test and a "
+                        "holdout share between 0 and 1, e.g. split=test,holdout=0.5")
     rng = random.Random(seed)
     low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
-    problems = []
-    for i in range(n):
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 1000 * n + 10_000:
+            raise DataError(f"synthetic-arithmetic: found only {len(problems)} {'distinct ' * distinct}problems in "
+                            f"split={split} of this space (digits={digits}, operands={operands}, ops={ops}); "
+                            f"lower n to {len(problems)} or widen the space")
         nums = [rng.randint(low, high) for _ in range(operands)]
         chosen = [rng.choice(ops) for _ in range(operands - 1)]
+        if style == "word" and chosen[0] == "-":
+            nums = sorted(nums, reverse=True)
+        ordered = " ".join(map(str, nums)) + " " + "".join(chosen)
+        if split != "all" and (_held_out_share(_arithmetic_key(nums, chosen)) < holdout) != (split == "test"):
+            continue
+        if distinct and ordered in seen:
+            continue
+        seen.add(ordered)
+        i = len(problems)
         if style == "word":
-            a, b = sorted(nums, reverse=True) if chosen[0] == "-" else nums
+            a, b = nums
             text = _WORDS[chosen[0]].format(name=rng.choice(_NAMES), thing=rng.choice(_THINGS), a=a, b=b)
             value = eval(f"{a}{chosen[0]}{b}")  # noqa: S307 - digits and operators we generated
         else:
@@ -417,18 +450,32 @@ def synthetic_arithmetic(n: int = 256, operands: int = 2, digits: int = 2, ops: 
     return problems
 
 
+def _arithmetic_key(nums: list[int], chosen: list[str]) -> str:
+    """The arithmetic of a problem, with the operands sorted when order cannot matter (only + or only *)."""
+    if len(set(chosen)) == 1 and chosen[0] in "+*":
+        nums = sorted(nums)
+    return " ".join(str(x) for pair in zip(nums, [*chosen, ""], strict=True) for x in pair).strip()
+
+
+def _held_out_share(key: str) -> float:
+    """A fixed pseudo-random number in [0, 1) per arithmetic key (the split does not depend on any seed)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
 def _synthetic_options(spec: str) -> dict[str, Any]:
     _, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in ("n", "operands", "digits", "ops", "seed", "style"):
-            raise DataError(f"bad synthetic option {item!r}; use n, operands, digits, ops, seed or style, "
-                            "e.g. synthetic-arithmetic:n=200,digits=2,ops=+-")
+        if not sep or key not in ("n", "operands", "digits", "ops", "seed", "style", "split", "holdout", "distinct"):
+            raise DataError(f"bad synthetic option {item!r}; use n, operands, digits, ops, seed, style, split, "
+                            "holdout or distinct, e.g. synthetic-arithmetic:n=200,digits=2,ops=+-")
         try:
-            options[key] = value if key in ("ops", "style") else int(value)
+            options[key] = (value if key in ("ops", "style", "split") else float(value) if key == "holdout"
+                            else int(value))
         except ValueError:
-            raise DataError(f"synthetic option {key}={value!r} needs an integer, e.g. "
+            kind = "a number" if key == "holdout" else "an integer"
+            raise DataError(f"synthetic option {key}={value!r} needs {kind}, e.g. "
                             "synthetic-arithmetic:n=200") from None
     return options
 

@@ -6,14 +6,17 @@ In about ten minutes on two cores it goes through the paper end to end on a task
    ``resid_post`` steering equals a ``down_proj`` bias;
 2. trains a last-layer and an all-layer steering vector with RLOO on one-digit additions
    (the ``demo-cpu`` preset; ``runs/demo/last-layer`` and ``runs/demo/all-layers``);
-3. evaluates, greedily on held-out additions, the base model, the base model with the "To" prefix and both
-   steered models (``runs/demo/eval``, ``runs/demo/<run>/eval``);
+3. evaluates, greedily on held-out additions (the 52 one-digit additions of the held-out half: training
+   draws only from the other half, so no evaluated addition, in either operand order, was seen in training),
+   the base model, the base model with the "To" prefix and both steered models (``runs/demo/eval``,
+   ``runs/demo/<run>/eval``);
 4. runs the logit lens and the token-level Δp on both vectors and persistence on the all-layer vector at a
    few injection layers (``runs/demo/<run>/analysis``);
 5. writes ``runs/demo/report.html`` and prints the headline numbers.
 
 Every stage reuses finished work: a second run skips trained vectors, finished evaluations and analyses, and
-an interrupted one resumes where it stopped.
+an interrupted one resumes where it stopped. The stages share one loaded model, and the time of each is
+printed and kept in ``headline.json``.
 
 Example:
     >>> headline = run_demo(DemoConfig(model="tiny-random-qwen3", out_dir="/tmp/demo", steps=2))  # doctest: +SKIP
@@ -51,14 +54,17 @@ from rlsteer.config import (
 from rlsteer.errors import RlsteerError
 from rlsteer.evaluate import EvalSession
 from rlsteer.io import write_atomically
-from rlsteer.models import DEFAULT_MODEL, load_model
+from rlsteer.models import DEFAULT_MODEL, load_model, shared_models
 from rlsteer.report import build_report
 from rlsteer.rundir import RunDir
 from rlsteer.steering.hooks import steer
 from rlsteer.train import train
 
-#: the held-out problems: the training task's generator with another seed
-HELD_OUT = "synthetic-arithmetic:seed=991,n={n},digits=1,style=expression"
+#: the held-out problems: distinct one-digit additions from the held-out half (the ``demo-cpu`` preset trains on
+#: ``split=train`` of the same space, so no evaluated addition was seen in training, in either operand order)
+HELD_OUT = "synthetic-arithmetic:seed=991,n={n},digits=1,style=expression,split=test,holdout=0.5,distinct=1"
+#: how the headline names the evaluation set
+HELD_OUT_WORDS = "one-digit additions none of which (in either order) was a training problem"
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ class DemoConfig:
         last_layer_lr: Adam lr of the last-layer vector. The residual stream there is several times larger
             than in the middle of the network, so, as in the paper (last layer 0.1 vs 1e-2 at layer 15),
             it needs a much larger lr than the all-layer vector's 0.04.
-        eval_problems: held-out additions answered greedily by each model.
+        eval_problems: held-out additions answered greedily by each model (at most 52: every one-digit
+            addition of the held-out half).
         analysis_prompts: prompts of the Δp analysis (completions that never stop are left out).
         persistence_prompts: prompts of the persistence analysis.
         persistence_layers: injection layers of the persistence analysis (default: four spread over depth).
@@ -84,7 +91,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     steps: int = 12
     last_layer_lr: float = 1.0
-    eval_problems: int = 64
+    eval_problems: int = 52
     analysis_prompts: int = 24
     persistence_prompts: int = 6
     persistence_layers: tuple[int, ...] | None = None
@@ -99,7 +106,13 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo, printing as it goes; returns the headline numbers (also in ``<out>/headline.json``)."""
+    with shared_models():  # every stage uses the model loaded in stage 1
+        return _run_demo(cfg, log)
+
+
+def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
     t0 = time.perf_counter()
+    clock = Stopwatch()
     out = Path(cfg.out_dir)
     first_time = " (the first run converts the GGUF file once, ~30 s)" if cfg.model == DEFAULT_MODEL else ""
     log(f"[1/5] loading {cfg.model}{first_time}")
@@ -110,7 +123,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         f"{arch.n_kv_heads} KV heads")
     gap = bias_identity_gap(model, tok, last)
     log(f"      identity check: resid_post steering at layer {last} vs a down_proj bias, max |Δlogit| = {gap:.2e}")
-    del model
+    clock.lap("load and identity check")
 
     runs = training_configs(cfg, last)
     for k, (name, train_cfg) in enumerate(runs.items(), start=1):
@@ -122,10 +135,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             continue
         log(head)
         train(train_cfg, resume=RunDir(train_cfg.run.path).is_run(), log=lambda line: log("      " + line))
+        clock.lap(f"train {name}")
 
     vectors = {name: RunDir(c.run.path).vectors for name, c in runs.items()}
-    log(f"[3/5] {cfg.eval_problems} held-out additions, greedy: base, base + 'To', and each steered model")
+    log(f"[3/5] {cfg.eval_problems} held-out {HELD_OUT_WORDS}, greedy: base, base + 'To', and each steered model")
     accuracy = evaluate_all(cfg, runs, out, log=lambda line: log("      " + line))
+    clock.lap("evaluate")
 
     log("[4/5] analyses: logit lens and Δp of both vectors, persistence of the all-layer vector")
     def tab(line: str) -> None:
@@ -133,21 +148,39 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
 
     for path in vectors.values():
         once(path, "lens", "stats.json", lambda p: run_lens(p, model_spec=cfg.model, k=10, log=tab), tab)
+        clock.lap("logit lens")
         once(path, "token-shift", "summary.json", lambda p: run_token_shift(
             p, dataset=HELD_OUT.format(n=cfg.analysis_prompts), prompts=cfg.analysis_prompts, model_spec=cfg.model,
             cfg=ShiftConfig(max_new_tokens=cfg.max_new_tokens), log=tab), tab)
+        clock.lap("token-level Δp")
     layers = cfg.persistence_layers or spread_layers(arch.n_layers)
     once(vectors["all-layers"], "persistence", "shift_cosines.json", lambda p: run_persistence(
         p, dataset=HELD_OUT.format(n=cfg.persistence_prompts), prompts=cfg.persistence_prompts, model_spec=cfg.model,
         cfg=PersistenceConfig(layers=layers, max_new_tokens=min(cfg.max_new_tokens, 64)), log=tab), tab)
+    clock.lap("persistence")
 
     report = build_report([out], out / "report.html")
+    clock.lap("report")
     log(f"[5/5] report: {report}")
     headline = headline_numbers(cfg, runs, accuracy, gap, report, seconds=time.perf_counter() - t0)
+    headline["stages"] = clock.laps
     write_atomically(out / "headline.json", json.dumps(headline, indent=1))
     for line in summary_lines(headline):
         log(line)
     return headline
+
+
+class Stopwatch:
+    """Seconds per named stage (a name seen again adds up)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def training_configs(cfg: DemoConfig, last: int) -> dict[str, TrainConfig]:
@@ -219,8 +252,10 @@ def spread_layers(n_layers: int, count: int = 4) -> tuple[int, ...]:
 def headline_numbers(cfg: DemoConfig, runs: dict[str, TrainConfig], accuracy: dict[str, float], gap: float,
                      report: Path, *, seconds: float) -> dict[str, Any]:
     """What the demo found: rewards, accuracies, top lens and Δp tokens, wall time, where the report is."""
-    out: dict[str, Any] = {"model": cfg.model, "identity_gap": gap, "accuracy": accuracy, "reward": {}, "lens": {},
-                           "promoted": {}, "report": str(report), "seconds": seconds}
+    out: dict[str, Any] = {"model": cfg.model, "identity_gap": gap,
+                           "eval_set": f"{cfg.eval_problems} {HELD_OUT_WORDS}",
+                           "eval_spec": HELD_OUT.format(n=cfg.eval_problems), "accuracy": accuracy, "reward": {},
+                           "lens": {}, "promoted": {}, "report": str(report), "seconds": seconds}
     for name, c in runs.items():
         run = RunDir(c.run.path)
         metrics = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
@@ -241,10 +276,11 @@ def summary_lines(h: dict[str, Any]) -> Sequence[str]:
         f"\nrlsteer demo on {h['model']}: done in {h['seconds'] / 60:.1f} min",
         "  training reward, first → last step: " + "; ".join(
             f"{name} {r[0]:+.2f} → {r[1]:+.2f}" for name, r in h["reward"].items()),
-        f"  held-out additions, greedy accuracy: {acc}",
+        f"  held-out: {h['eval_set']}; greedy accuracy: {acc}",
         *(f"  {name}: logit lens top tokens {tokens}; most promoted (Δp) {h['promoted'][name]}"
           for name, tokens in h["lens"].items()),
         f"  report: {h['report']}   (open it in a browser; numbers also in headline.json)",
+        "  time per stage: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in h.get("stages", {}).items()),
     ]
 
 

@@ -22,7 +22,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,28 @@ def smollm2_gguf_path() -> Path:
 # ----------------------------------------------------------------------------------------------- loading
 
 
+_SHARED: dict[tuple[Any, ...], tuple[nn.Module, Any]] | None = None
+
+
+@contextmanager
+def shared_models() -> Iterator[None]:
+    """Inside the block, :func:`load_model` loads each (spec, dtype, device, revision, seed) once and hands
+    every later caller the same frozen model and tokenizer (the demo's stages share one model this way).
+
+    Example:
+        >>> with shared_models():
+        ...     load_model("tiny-random-llama")[0] is load_model("tiny-random-llama")[0]
+        True
+    """
+    global _SHARED
+    outer = _SHARED
+    _SHARED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -88,6 +111,19 @@ def load_model(
         trust_remote_code: passed to transformers; off unless you ask.
         seed: weights seed for ``tiny-random-*`` aliases (ignored otherwise).
     """
+    if _SHARED is None:
+        return _load_model(spec, dtype=dtype, device=device, revision=revision,
+                           trust_remote_code=trust_remote_code, seed=seed)
+    key = (os.fspath(spec), str(resolve_dtype(dtype, device)), str(torch.device(device)), revision,
+           trust_remote_code, seed)
+    if key not in _SHARED:
+        _SHARED[key] = _load_model(spec, dtype=dtype, device=device, revision=revision,
+                                   trust_remote_code=trust_remote_code, seed=seed)
+    return _SHARED[key]
+
+
+def _load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype | str, device: str | torch.device,
+                revision: str | None, trust_remote_code: bool, seed: int) -> tuple[nn.Module, Any]:
     dtype = resolve_dtype(dtype, device)
     text, seed = _tiny_seed(os.fspath(spec), seed)
     if text in _TINY:

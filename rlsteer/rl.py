@@ -69,15 +69,20 @@ def policy_loss(logprob_sums: torch.Tensor, advantages: torch.Tensor, total_toke
 
 
 def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]], *,
-                   temperature: float = 1.0, pad_id: int = 0, share_prompts: bool = True) -> list[torch.Tensor]:
+                   temperature: float = 1.0, pad_id: int = 0, share_prompts: bool = True,
+                   pack: bool = False) -> list[torch.Tensor]:
     """Log-probs of each completion's tokens given its prompt, under the model's current hooks.
 
     Args:
         sequences: (prompt ids, completion ids) pairs.
         temperature: the generation temperature T_gen (log_softmax(logits / T), in fp32); 0 means 1.
-        share_prompts: run each distinct prompt once and the completions on top of its KV cache (the N
-            samples of an RLOO group share one prompt, so the prompt is processed, and back-propagated
-            through, once instead of N times). Equal to the unshared computation up to float rounding.
+        share_prompts: run each distinct prompt once and the completions on top of it (the N samples of an
+            RLOO group share one prompt, so the prompt is processed, and back-propagated through, once
+            instead of N times). Equal to the unshared computation up to float rounding.
+        pack: one row with no padding (:mod:`rlsteer.packing`): per-sequence positions, attention that
+            stays inside each sequence (and its shared prompt), logits only where completion tokens are
+            predicted. Without it the sequences are padded to the longest, and shared prompts use a KV cache.
+            The same log-probs either way, up to float rounding.
 
     Returns one tensor [len(completion)] per sequence, differentiable w.r.t. any steering vectors.
 
@@ -88,12 +93,14 @@ def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tupl
         >>> [lp.shape[0] for lp in token_logprobs(model, seqs)]
         [2, 1]
     """
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+    if pack:
+        return _packed_logprobs(model, sequences, share_prompts, scale)
     prompts = list(dict.fromkeys(p for p, _ in sequences))
     if share_prompts and len(prompts) < len(sequences):
         logits = _shared_prompt_logits(model, sequences, prompts, pad_id)
     else:
         logits = _flat_logits(model, sequences, pad_id)
-    scale = 1.0 / temperature if temperature > 0 else 1.0
     out = []
     for step_logits, (_, completion) in zip(logits, sequences, strict=True):
         if not completion:
@@ -103,6 +110,28 @@ def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tupl
         targets = torch.tensor(completion, device=step_logits.device)
         out.append(step_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0])
     return out
+
+
+def _packed_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                     share_prompts: bool, scale: float) -> list[torch.Tensor]:
+    """:func:`token_logprobs` from one packed row: one log-softmax over the kept positions and one gather
+    (per-sequence slices of the [K, vocab] logits would each cost a [K, vocab] zero-fill in backward)."""
+    from rlsteer.packing import IMPLEMENTATION, pack, packed_logits
+
+    hf: Any = model
+    if getattr(hf, "is_gradient_checkpointing", False) and hf.config._attn_implementation != IMPLEMENTATION:
+        raise RlsteerError("packed log-probs under gradient checkpointing recompute attention in the backward "
+                           "pass; run the forward and the backward inside rlsteer.packing.packed_attention(model)")
+    device = next(model.parameters()).device
+    batch = pack(sequences, share_prompts=share_prompts, device=device)
+    logits = packed_logits(model, batch)  # [K, vocab]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if scale != 1.0:
+        logits = logits * scale
+    rows = torch.tensor([k for t in batch.targets for k in t], dtype=torch.long, device=device)  # [N]
+    tokens = torch.tensor([t for _, c in sequences for t in c], dtype=torch.long, device=device)  # [N]
+    values = logits.log_softmax(-1)[rows, tokens]  # [N]: every completion token of every sequence
+    return list(values.split([len(c) for _, c in sequences]))
 
 
 def _flat_logits(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]],

@@ -26,6 +26,7 @@ import random
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_identity, model_shape
+from rlsteer.packing import micro_batches, packed_attention
 from rlsteer.reward_functions import RewardCallError
 from rlsteer.rewards import RewardBatch
 from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
@@ -218,14 +220,19 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
     loss_value = 0.0
     active = [i for i in range(len(rollouts)) if adv[i] != 0]  # zero-advantage samples add nothing to the loss
     if active and total_tokens > 0:
-        checkpointed = cfg.rl.gradient_checkpointing
-        with steer(model, vectors), gradient_checkpointing(model, checkpointed):
-            for start in range(0, len(active), cfg.rl.micro_batch_size):
-                chunk = active[start:start + cfg.rl.micro_batch_size]
-                lps = token_logprobs(model, [(rollouts[i].request.prompt_ids, rollouts[i].token_ids) for i in chunk],
-                                     temperature=cfg.rollout.temperature, pad_id=tok.pad_token_id,
-                                     share_prompts=cfg.rl.share_prompts and not checkpointed)  # needs a KV cache
-                loss = policy_loss(torch.stack([lp.sum() for lp in lps]), adv[chunk], total_tokens)
+        rl, checkpointed = cfg.rl, cfg.rl.gradient_checkpointing
+        share = rl.share_prompts and (rl.pack or not checkpointed)  # unpacked sharing needs a KV cache
+        pairs = [(rollouts[i].request.prompt_ids, rollouts[i].token_ids) for i in active]
+        chunks = micro_batches(pairs, max_tokens=rl.micro_batch_tokens, max_sequences=rl.micro_batch_size,
+                               share_prompts=share)
+        # packed attention stays on through backward, where checkpointing recomputes it
+        packed = packed_attention(model) if rl.pack else nullcontext()
+        with steer(model, vectors), gradient_checkpointing(model, checkpointed), packed:
+            for chunk in chunks:
+                lps = token_logprobs(model, [pairs[j] for j in chunk], temperature=cfg.rollout.temperature,
+                                     pad_id=tok.pad_token_id, share_prompts=share, pack=rl.pack)
+                loss = policy_loss(torch.stack([lp.sum() for lp in lps]), adv[[active[j] for j in chunk]],
+                                   total_tokens)
                 loss.backward()
                 loss_value += float(loss.detach())
     t3 = time.perf_counter()

@@ -9,6 +9,7 @@ import torch
 
 from rlsteer.analysis.token_shift import (
     ShiftConfig,
+    batch_shifts,
     first_position_table,
     group_by_token,
     position_shifts,
@@ -46,6 +47,26 @@ def test_zero_vector_shifts_nothing_and_chunks_equal_the_full_model(tiny):
     torch.testing.assert_close(out["tracked"], p_s - p_b, atol=1e-6, rtol=0)
     assert torch.allclose(out["tracked"].sum(-1), torch.zeros(4), atol=1e-5)
     assert out["dst"].tolist() == (p_s - p_b).argmax(-1).tolist()
+
+
+def test_sequences_teacher_forced_together_equal_each_alone(tiny):
+    """Packed rows (two sequences in one, one alone by the token limit) = each sequence through the full model
+    (kills attention across sequences, positions that do not restart, misplaced slices)."""
+    model, tok = tiny("qwen3")
+    g = torch.Generator().manual_seed(2)
+    vectors = SteeringVectors.from_dict({("resid_post", 1): 3 * torch.randn(64, generator=g)})
+    items = [(build_prompt(tok, q, "qwen-math").ids + extra, len(build_prompt(tok, q, "qwen-math").ids) - 1)
+             for q, extra in (("What is 2 + 3?", (11, 12, 13)), ("Hi", (7,)), ("Solve x + 1 = 2.", (5, 6)))]
+    every = list(range(model.config.vocab_size))
+    together = batch_shifts(model, vectors, items, track=every, max_tokens=len(items[0][0]) + len(items[1][0]))
+    for (ids, start), out in zip(items, together, strict=True):
+        x = torch.tensor([list(ids)])
+        with torch.no_grad():
+            with steer(model, vectors):
+                p_s = torch.softmax(model(x).logits[0, start:], -1)
+            p_b = torch.softmax(model(x).logits[0, start:], -1)
+        torch.testing.assert_close(out["tracked"], p_s - p_b, atol=1e-6, rtol=0)
+        assert out["dst"].tolist() == (p_s - p_b).argmax(-1).tolist()
 
 
 def stop_vector(model, tok, scale: float = 40.0) -> SteeringVectors:

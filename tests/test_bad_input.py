@@ -344,6 +344,14 @@ def test_prefix_that_tokenises_to_nothing(tmp_path, capsys, monkeypatch):
     assert protocol["config"]["target"]["prefix"] is None
 
 
+def test_micro_batch_budget_must_be_positive(tmp_path, capsys):
+    for key in ("micro_batch_tokens", "micro_batch_size"):
+        run = tmp_path / key
+        assert main(["train", "smoke", f"run.dir={run}", f"rl.{key}=0", *SMALL]) == 2
+        assert f"rl.{key}" in capsys.readouterr().err
+        assert not run.exists()
+
+
 def test_prompt_groups_must_split_over_ranks():
     with pytest.raises(DistributedError, match="7 prompt groups cannot be split evenly over 2 ranks"):
         World(rank=0, size=2).shard(7)

@@ -158,3 +158,27 @@ def test_synthetic_tasks_are_deterministic_and_correct():
         assert str(eval(p.problem.removeprefix("What is ").rstrip("?"))) == p.answer  # noqa: S307
     with pytest.raises(DataError, match="operands=2"):
         synthetic_arithmetic(5, operands=3, style="word")
+
+
+def test_synthetic_split_keeps_held_out_sums_out_of_training():
+    """train and test halves share no addition, in either order, across seeds, styles and sizes (kills a split by
+    seed or by position, which would draw the same pairs into both halves, and an order-sensitive split)."""
+    def sums(problems):
+        return {tuple(sorted(int(w) for w in p.problem.replace("?", " ").split() if w.isdigit())) for p in problems}
+
+    train = [synthetic_arithmetic(300, digits=1, style=style, split="train", seed=seed)
+             for style in ("word", "expression") for seed in (0, 1)]
+    test = synthetic_arithmetic(52, digits=1, style="expression", split="test", distinct=True, seed=991)
+    assert len({p.problem for p in test}) == 52  # every one-digit addition of the held-out half, once
+    seen = set().union(*map(sums, train))
+    assert seen and not seen & sums(test)
+    assert len(seen | sums(test)) == 55  # together: every unordered pair of one-digit numbers
+    with pytest.raises(DataError, match="found only 52 distinct problems in split=test"):
+        synthetic_arithmetic(53, digits=1, style="expression", split="test", distinct=True)
+    # split=all draws as before (recorded from the generator before splits existed)
+    assert [(p.problem, p.answer) for p in synthetic_arithmetic(3, digits=1, seed=4, style="expression")] == [
+        ("What is 3 + 4?", "7"), ("What is 6 + 7?", "13"), ("What is 1 + 1?", "2")]
+    assert load_problems("synthetic-arithmetic:n=4,digits=1,split=test,holdout=0.3,distinct=1")[0].source == \
+        "synthetic-arithmetic"
+    with pytest.raises(DataError, match="use split=all, train or test"):
+        load_problems("synthetic-arithmetic:n=4,split=dev")

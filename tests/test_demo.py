@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from rlsteer.demo import DemoConfig, run_demo, spread_layers
+from rlsteer.config import TrainConfig, load_config
+from rlsteer.data import load_problems
+from rlsteer.demo import HELD_OUT, DemoConfig, run_demo, spread_layers
 from rlsteer.metrics import read_metrics
 
 TINY = DemoConfig(model="tiny-random-qwen3", steps=2, eval_problems=4, analysis_prompts=4, persistence_prompts=2,
@@ -29,6 +31,8 @@ def check(headline: dict, lines: list[str], out, steps: int) -> None:
     assert [line[:5] for line in lines if re.match(r"\[\d/5\]", line)] == [
         "[1/5]", "[2/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
     assert any(line.strip().startswith("report: ") for line in lines)
+    assert "none of which (in either order) was a training problem" in headline["eval_set"]
+    assert {"load and identity check", "evaluate", "report"} <= set(headline["stages"])
 
 
 def test_demo_runs_end_to_end_on_a_tiny_model_and_reuses_its_work(tmp_path):
@@ -52,6 +56,20 @@ def test_demo_runs_end_to_end_on_a_tiny_model_and_reuses_its_work(tmp_path):
     assert sum("already trained" in line for line in again) == 2
     assert not any(re.search(r"step +1 ", line) for line in again)
     assert (tmp_path / "last-layer" / "analysis" / "lens" / "stats.json").stat().st_mtime == lens_mtime
+
+
+def test_the_evaluation_additions_are_not_training_problems():
+    """The held-out set shares no problem with the demo's training set, in either operand order (one-digit
+    additions have only 100 ordered pairs: another seed of the same generator would repeat them)."""
+    def pairs(problems):
+        return {frozenset(int(w) for w in p.problem.removeprefix("What is ").rstrip("?").split(" + "))
+                for p in problems}
+
+    train = load_config(TrainConfig, "demo-cpu").data.dataset
+    held_out = load_problems(HELD_OUT.format(n=DemoConfig().eval_problems))
+    assert len({p.problem for p in held_out}) == len(held_out) == 52
+    assert not pairs(load_problems(train)) & pairs(held_out)
+    assert not pairs(load_problems(train.replace("n=256", "n=5000"))) & pairs(held_out)
 
 
 def test_persistence_layers_spread_over_depth():

@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from rlsteer.analysis.inputs import analysis_prompts, load_with_vectors
 from rlsteer.analysis.output import analysis_dir, save_figure, write_records
 from rlsteer.architectures import architecture_of
 from rlsteer.errors import RlsteerError
 from rlsteer.io import write_atomically
+from rlsteer.packing import pack_sequences, packed_attention
 from rlsteer.rollout import HFBackend, Request, Rollout, SamplingParams
 from rlsteer.steering.hooks import steer
 from rlsteer.steering.patching import PatchError, check_patch_fits, patch_from
@@ -88,20 +88,50 @@ def sequence_shifts(model: nn.Module, vectors: Any, ids: Sequence[int], start: i
     Returns [P] tensors (P = len(ids) − start) as :func:`position_shifts`, without the full Δp, plus
     ``tracked`` [P, len(track)]: Δp of the ``track`` token ids at every position.
     """
+    return batch_shifts(model, vectors, [(ids, start)], temperature=temperature, chunk=chunk, track=track)[0]
+
+
+@torch.no_grad()
+def batch_shifts(model: nn.Module, vectors: Any, items: Sequence[tuple[Sequence[int], int]], *,
+                 temperature: float = 1.0, chunk: int = 256, track: Sequence[int] = (),
+                 max_tokens: int = 4096) -> list[dict[str, torch.Tensor]]:
+    """:func:`sequence_shifts` of several (ids, start) items, teacher-forced together: the sequences are packed
+    into rows of up to ``max_tokens`` tokens (no padding, attention kept inside each sequence), two forward
+    passes per row (steered and base) instead of two per sequence."""
     arch = architecture_of(model)
     device = next(model.parameters()).device
-    x = torch.tensor([list(ids)], device=device)  # [1, T]
     decoder, head = arch.decoder(), arch.lm_head()
-    with steer(model, vectors):
-        h_s = decoder(input_ids=x).last_hidden_state[0, start:]  # [P, d], after the final norm
-    h_b = decoder(input_ids=x).last_hidden_state[0, start:]  # [P, d]
-    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for i in range(0, h_s.shape[0], chunk):
-        out = position_shifts(head(h_s[i:i + chunk]), head(h_b[i:i + chunk]), temperature)
-        parts["tracked"].append(out.pop("dp")[:, list(track)].cpu())
-        for key, value in out.items():
-            parts[key].append(value.cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
+    results: list[dict[str, torch.Tensor]] = []
+    for group in _rows(items, max_tokens):
+        kwargs, offsets = pack_sequences([ids for ids, _ in group], device)
+        with packed_attention(model):
+            with steer(model, vectors):
+                steered = decoder(**kwargs).last_hidden_state[0]  # [T, d], after the final norm
+            base = decoder(**kwargs).last_hidden_state[0]  # [T, d]
+        for (ids, start), offset in zip(group, offsets, strict=True):
+            h_s, h_b = steered[offset + start:offset + len(ids)], base[offset + start:offset + len(ids)]  # [P, d]
+            parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+            for i in range(0, h_s.shape[0], chunk):
+                out = position_shifts(head(h_s[i:i + chunk]), head(h_b[i:i + chunk]), temperature)
+                parts["tracked"].append(out.pop("dp")[:, list(track)].cpu())
+                for key, value in out.items():
+                    parts[key].append(value.cpu())
+            results.append({k: torch.cat(v) for k, v in parts.items()})
+    return results
+
+
+def _rows(items: Sequence[tuple[Sequence[int], int]], max_tokens: int) -> list[list[tuple[Sequence[int], int]]]:
+    """Consecutive items in groups of at most ``max_tokens`` tokens (a longer item alone)."""
+    rows: list[list[tuple[Sequence[int], int]]] = []
+    size = 0
+    for item in items:
+        if rows and size + len(item[0]) <= max_tokens:
+            rows[-1].append(item)
+            size += len(item[0])
+        else:
+            rows.append([item])
+            size = len(item[0])
+    return rows
 
 
 def token_shifts(model: nn.Module, tokenizer: Any, vectors: Any, prompts: Sequence[Any],
@@ -121,10 +151,9 @@ def token_shifts(model: nn.Module, tokenizer: Any, vectors: Any, prompts: Sequen
     rollouts = HFBackend(model, tokenizer, progress=progress).generate(requests, vectors, sampling)
     kept = [r for r in rollouts if r.finish_reason == "stop"]
     records = []
-    for seq, r in enumerate(tqdm(kept, desc="teacher forcing", unit="seq", disable=progress is False)):
-        ids = [*r.request.prompt_ids, *r.token_ids]
-        start = r.request.prompt_len - 1
-        s = sequence_shifts(model, vectors, ids, start, temperature=cfg.temperature, chunk=cfg.chunk, track=track_ids)
+    items = [([*r.request.prompt_ids, *r.token_ids], r.request.prompt_len - 1) for r in kept]
+    shifts = batch_shifts(model, vectors, items, temperature=cfg.temperature, chunk=cfg.chunk, track=track_ids)
+    for seq, ((ids, start), s) in enumerate(zip(items, shifts, strict=True)):
         for pos in range(len(ids) - start):
             nxt = ids[start + pos + 1] if start + pos + 1 < len(ids) else None
             record = {"sequence": seq, "position": pos, "input_token": tokenizer.decode([ids[start + pos]]),
