@@ -6,6 +6,9 @@ Sections that mean the same thing in training and evaluation are one class: samp
 ``rollout.*`` and ``engine.*``) and the reward's workers and user functions (:class:`RewardFunctionsSection`:
 ``reward.*`` in both, so training and evaluation score completions the same way).
 
+Longer than most modules because it declares every section with its documented fields and their valid
+ranges: it is the reference for every key a YAML file or an override can set.
+
 Example:
     >>> cfg = load_config(TrainConfig, "smoke", ["rl.steps=3"])
     >>> cfg.rl.steps, cfg.rollout.temperature

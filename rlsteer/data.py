@@ -20,6 +20,10 @@ Rows without a problem or an answer are errors reported with file and line, neve
 other columns (besides ``id`` and ``source``) are kept in :attr:`Problem.meta`; reward functions receive them
 as keyword lists.
 
+Longer than most modules because every way a dataset spec resolves lives here, so that training,
+evaluation and the analyses read problems the same way: the registry, packaged files, local files,
+dataset functions, the hub and synthetic tasks.
+
 Example:
     >>> problems = load_problems("synthetic-arithmetic:n=3,digits=1,seed=4")
     >>> len(problems), problems[0].source

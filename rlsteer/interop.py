@@ -77,8 +77,9 @@ from rlsteer.formats import (
     nonzero_rows,
     placed,
 )
+from rlsteer.identity import config_identity
 from rlsteer.io import replacing, staged_folder
-from rlsteer.models import config_identity, load_model
+from rlsteer.models import load_model
 from rlsteer.steering.vectors import SteeringVectors
 
 IMPORT_FORMATS = ("bias", "npy", "gguf")

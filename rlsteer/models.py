@@ -233,21 +233,6 @@ def aliases() -> list[str]:
     return [DEFAULT_MODEL, *_TINY]
 
 
-def model_identity(model: nn.Module) -> dict[str, str]:
-    """What a vector file or a run records about the model it was made for."""
-    config: Any = model.config
-    name = getattr(config, "rlsteer_source", None) or getattr(config, "_name_or_path", "")
-    revision = getattr(config, "rlsteer_revision", None) or getattr(config, "_commit_hash", "") or ""
-    return identity(str(name), str(revision), config)
-
-
-def config_identity(spec: str) -> dict[str, str]:
-    """The same record for model ``spec``, read from its config alone (no weights are loaded)."""
-    from transformers import AutoConfig
-
-    return identity(spec, "", AutoConfig.from_pretrained(model_folder(spec)))
-
-
 def model_shape(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any | None:
     """The geometry of model ``spec`` (``n_layers``, ``d_model``, ``n_heads``, ``n_kv_heads`` … as attributes)
     from its config alone, for checks that should not wait for the weights; None when the config cannot be
@@ -287,15 +272,6 @@ def model_shape(spec: str, *, revision: str | None = None, trust_remote_code: bo
         return SimpleNamespace(**shape_of(config))
     except Exception:  # noqa: BLE001 - an unsupported architecture: the full load says so
         return None
-
-
-def identity(name: str, revision: str, config: Any) -> dict[str, str]:
-    """The identity record of a model called ``name`` at ``revision`` with this transformers ``config``."""
-    from rlsteer.architectures import shape_of
-
-    shape = shape_of(config)
-    return {"model": name, "model_revision": revision, "architecture": shape["family"].name,
-            **{key: str(shape[key]) for key in ("d_model", "n_layers", "n_heads", "n_kv_heads")}}
 
 
 def resolve_dtype(dtype: torch.dtype | str, device: str | torch.device) -> torch.dtype | Literal["auto"]:

@@ -211,3 +211,26 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
     finally:
         hf.gradient_checkpointing_disable()
         model.train(was_training)
+
+
+def masked_advantages(rewards: torch.Tensor, keep: torch.Tensor, baseline: Any) -> torch.Tensor:
+    """Advantages [B, N] over the kept samples of each group; dropped samples get 0 and leave the baseline."""
+    if bool(keep.all()):
+        return advantages(rewards, baseline)
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    for g in range(rewards.shape[0]):
+        kept = keep[g].nonzero().flatten()
+        if len(kept) >= 2:
+            out[g, kept] = advantages(rewards[g, kept][None], baseline)[0]
+    return out
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The lr multiplier of (0-based) ``step`` under transformers' ``constant_with_warmup`` schedule, which the
+    authors use: step / W during the W warmup steps, so the first update has lr 0, then 1.
+
+    Example:
+        >>> [warmup_factor(k, 4) for k in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0

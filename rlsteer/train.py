@@ -52,14 +52,15 @@ from rlsteer.distributed import (
     sum_gradients,
 )
 from rlsteer.errors import RlsteerError
+from rlsteer.identity import model_identity
 from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import write_atomically
 from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
-from rlsteer.models import load_model, model_folder, model_identity, model_shape
+from rlsteer.models import load_model, model_folder, model_shape
 from rlsteer.packing import micro_batches, packed_attention
 from rlsteer.reward_functions import RewardCallError
 from rlsteer.rewards import RewardBatch
-from rlsteer.rl import advantages, gradient_checkpointing, policy_loss, token_logprobs
+from rlsteer.rl import gradient_checkpointing, masked_advantages, policy_loss, token_logprobs, warmup_factor
 from rlsteer.rollout import Backend, Request, SamplingParams
 from rlsteer.rollout.factory import make_backend
 from rlsteer.rundir import RunDir
@@ -273,18 +274,6 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def masked_advantages(rewards: torch.Tensor, keep: torch.Tensor, baseline: Any) -> torch.Tensor:
-    """Advantages [B, N] over the kept samples of each group; dropped samples get 0 and leave the baseline."""
-    if bool(keep.all()):
-        return advantages(rewards, baseline)
-    out = torch.zeros_like(rewards, dtype=torch.float32)
-    for g in range(rewards.shape[0]):
-        kept = keep[g].nonzero().flatten()
-        if len(kept) >= 2:
-            out[g, kept] = advantages(rewards[g, kept][None], baseline)[0]
-    return out
-
-
 def batch_indices(n_problems: int, step: int, batch: int, seed: int) -> list[int]:
     """The problems of ``step``: epoch e is the permutation Random(seed, e) of the dataset, cut into batches."""
     per_epoch = n_problems // batch  # drop_last, as the authors
@@ -379,17 +368,6 @@ def check_steering(cfg: TrainConfig, arch: Any) -> None:
         if not 0 <= int(s.head or 0) < limit:
             raise TrainingError(f"steering.head={s.head} is out of range for {site}: {name} has {limit} {kind} "
                                 f"(0..{limit - 1})")
-
-
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """The lr multiplier of (0-based) ``step`` under transformers' ``constant_with_warmup`` schedule, which the
-    authors use: step / W during the W warmup steps, so the first update has lr 0, then 1.
-
-    Example:
-        >>> [warmup_factor(k, 4) for k in range(6)]
-        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    """
-    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
 
 
 def param_groups(vectors: SteeringVectors, cfg: TrainConfig) -> list[dict[str, Any]]:

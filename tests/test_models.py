@@ -11,7 +11,8 @@ import torch
 
 from rlsteer import architecture_of, load_model
 from rlsteer.architectures import UnsupportedArchitectureError, supported_model_types
-from rlsteer.models import ModelLoadError, aliases, model_folder, model_identity
+from rlsteer.identity import model_identity
+from rlsteer.models import ModelLoadError, aliases, model_folder
 from tests.conftest import TINY_FAMILIES
 
 

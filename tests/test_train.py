@@ -15,10 +15,10 @@ import torch
 from rlsteer.config import TrainConfig, load_config
 from rlsteer.metrics import read_metrics
 from rlsteer.models import load_model
-from rlsteer.rl import token_logprobs
+from rlsteer.rl import masked_advantages, token_logprobs
 from rlsteer.runstart import RunStartError
 from rlsteer.steering import SteeringVectors, steer
-from rlsteer.train import TrainingError, batch_indices, masked_advantages, train
+from rlsteer.train import TrainingError, batch_indices, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -21,7 +21,7 @@ from torch import nn
 
 from rlsteer.architectures import architecture_of
 from rlsteer.errors import RlsteerError
-from rlsteer.models import model_identity
+from rlsteer.identity import model_identity
 from rlsteer.steering.sites import Entry
 from rlsteer.steering.vectors import SteeringVectors
 

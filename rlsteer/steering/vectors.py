@@ -121,7 +121,7 @@ class SteeringVectors(nn.Module):
                   **kwargs: Any) -> SteeringVectors:
         """Zero vectors sized for ``model`` at ``layers`` ("all" or a list), with its identity as metadata."""
         from rlsteer.architectures import architecture_of
-        from rlsteer.models import model_identity
+        from rlsteer.identity import model_identity
 
         arch = architecture_of(model)
         chosen = range(arch.n_layers) if layers == "all" else layers
