@@ -15,9 +15,11 @@ Example:
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class RlsteerError(ValueError):
@@ -81,3 +83,21 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
         reason = err.strerror or str(err).strip() or type(err).__name__
         fix = _FIXES.get(err.errno or 0, "choose another output folder")
         raise OutputError(f"cannot write {os.fspath(path)}: {reason}; {fix}") from None
+
+
+def json_object(raw: bytes, what: str = "record") -> tuple[dict[str, Any] | None, str]:
+    """One JSONL line as a dict, or None and what is wrong with it (for readers that skip damaged lines).
+
+    Example:
+        >>> json_object(b'{"step": 1}'), json_object(b'[1]')[1], json_object(b'{"st')[1]
+        (({'step': 1}, ''), 'a JSON list, not a record', 'not a whole JSON line (Unterminated string starting at)')
+    """
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return None, f"byte 0x{raw[err.start]:02x} at offset {err.start} of the line is not UTF-8"
+    except json.JSONDecodeError as err:
+        return None, f"not a whole JSON line ({err.msg})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not a {what}"
+    return record, ""

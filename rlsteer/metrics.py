@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlsteer.errors import RlsteerError, writing
+from rlsteer.errors import RlsteerError, json_object, writing
 from rlsteer.interrupt import held
 from rlsteer.io import write_atomically
 
@@ -154,14 +154,9 @@ def _lines(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
 
 
 def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return None, f"byte 0x{raw[err.start]:02x} at offset {err.start} is not UTF-8"
-    except json.JSONDecodeError as err:
-        return None, f"not a whole JSON line ({err.msg})"
-    if not isinstance(record, dict):
-        return None, f"a JSON {type(record).__name__}, not a record"
+    record, problem = json_object(raw)
+    if record is None:
+        return None, problem
     step = record.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         return None, f"step is {step!r}, not a step number"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlsteer.errors import writing
+from rlsteer.errors import json_object, writing
 from rlsteer.interrupt import held
 from rlsteer.io import write_atomically
 
@@ -80,14 +80,9 @@ def read_samples(path: Path, *, repair: bool = False,
 
 def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """A samples line as a record, or None and what is wrong with it."""
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return None, f"byte 0x{raw[err.start]:02x} at offset {err.start} of the line is not UTF-8"
-    except json.JSONDecodeError as err:
-        return None, f"not a whole JSON line ({err.msg})"
-    if not isinstance(record, dict):
-        return None, f"a JSON {type(record).__name__}, not a sample record"
+    record, problem = json_object(raw, "sample record")
+    if record is None:
+        return None, problem
     for key in ("problem_index", "sample"):
         value = record.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
