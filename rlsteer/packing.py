@@ -155,10 +155,17 @@ def packed_logits(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     if batch.keep.numel() == 0:
         hf: Any = model
         return torch.zeros(0, hf.get_output_embeddings().weight.shape[0], device=batch.input_ids.device)
+    calls = _CALLS[0]
     with packed_attention(model):
         out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                     logits_to_keep=batch.keep, **{SEGMENTS_KWARG: batch.segments})
+    if _CALLS[0] == calls:  # the model's attention ignored the packed implementation: it would mix sequences
+        raise RlsteerError(f"{type(model).__name__} does not dispatch attention through transformers' "
+                           "AttentionInterface, so it cannot run packed; set rl.pack=false")
     return out.logits[0]  # [K, vocab]
+
+
+_CALLS = [0]  # packed attention calls so far (to detect a model that bypasses it)
 
 
 @contextmanager
@@ -169,8 +176,7 @@ def packed_attention(model: nn.Module) -> Iterator[None]:
     """
     from transformers import AttentionInterface
 
-    if IMPLEMENTATION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(IMPLEMENTATION, packed_attention_forward)
+    AttentionInterface.register(IMPLEMENTATION, packed_attention_forward)
     config: Any = model.config
     previous = config._attn_implementation
     config._attn_implementation = IMPLEMENTATION
@@ -188,6 +194,7 @@ def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
 
     query [1, H, T, D], key/value [1, H_kv, T, D] → output [1, T, H, D].
     """
+    _CALLS[0] += 1
     segments: tuple[Segment, ...] | None = kwargs.get(SEGMENTS_KWARG)
     if segments is None:
         raise RlsteerError("packed attention ran without segments; call the model through rlsteer.packing.pack / "

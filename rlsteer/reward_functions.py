@@ -5,8 +5,9 @@ A reward function is named ``package.module:function`` or ``path/to/file.py:func
 
     fn(completions: list[str], *, problems: list[str], answers: list[str | None], **fields) -> list[float]
 
-with one entry per completion in every list: the completion's text, its problem, its gold answer (None for
-datasets without one) and, as keyword lists named after them, the dataset's other columns (TRL passes
+with one entry per completion in every list: the completion's text (without the stop token that ended it:
+:class:`rlsteer.scorers.FunctionScorer` passes it so), its problem, its gold answer (None for datasets
+without one) and, as keyword lists named after them, the dataset's other columns (TRL passes
 dataset columns the same way). It returns one finite number per completion (ints and bools count).
 
 Anything else stops the step with one line naming the function, what it did and, where one can be named,

@@ -11,7 +11,8 @@ as answering 9 — an RL policy learns that quickly; use ``number`` there.
 
 Verification can hang (sympy on adversarial input), so :class:`RewardPool` runs it in worker processes
 with a hard per-answer deadline: a worker past it is killed and replaced, and the answer counts as a
-timeout. No signal-based timeouts are used anywhere (they misbehave outside the main thread).
+timeout. The pool itself, :class:`WorkerPool`, also runs reward functions from user code
+(:mod:`rlsteer.reward_functions`). No signal-based timeouts are used anywhere (they misbehave outside the main thread).
 
 Example:
     >>> last_boxed(r"so \\boxed{\\frac{1}{2}} and then \\boxed{3}.")

@@ -136,3 +136,15 @@ def test_micro_batches_respect_the_token_budget_and_keep_order():
                     assert grown > budget or (cap is not None and len(b) == cap)
     with pytest.raises(RlsteerError, match="micro_batch_tokens"):
         micro_batches(seqs, max_tokens=0)
+
+
+def test_a_model_whose_attention_bypasses_the_packed_function_is_refused(tiny, monkeypatch):
+    """Attention that ignores the packed implementation would mix sequences silently: refused instead."""
+    from contextlib import nullcontext
+
+    import rlsteer.packing as packing
+
+    model, tok = tiny("llama")
+    monkeypatch.setattr(packing, "packed_attention", lambda model: nullcontext())  # plain sdpa over the row
+    with pytest.raises(RlsteerError, match="set rl.pack=false"):
+        token_logprobs(model, sequences(tok), pad_id=tok.pad_token_id, pack=True)

@@ -69,3 +69,27 @@ def test_a_folder_of_runs_gets_an_overview(tmp_path):
     # a folder holding only evaluations (rlsteer eval's default evals/) is compared too
     only = build_report([root / "eval"], tmp_path / "e.html").read_text()
     assert "<td>base</td>" in only and "No training metrics" not in only
+
+
+def test_a_python_reward_run_shows_each_function_and_samples_side_by_side(tmp_path):
+    run = tmp_path / "json"
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"reward": {"kind": "python", "success_above": 0.5, "functions": [
+        {"function": "m:json_shape", "weight": 1.0}, {"function": "m:json_answer", "weight": 0.5}]}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": k + 1, "reward_mean": s + 0.5 * a, "accuracy": s, "len_mean": 9, "truncated": 0.0,
+         "reward/json_shape": s, "reward/json_answer": a}) + "\n" for k, (s, a) in enumerate([(0.1, 0.0), (0.9, 0.4)])))
+    for name, text, score in (("base", "The sum is 7.", 0.0), ("latest", '{"sum": 7}', 1.5)):
+        fake_result(run / "eval" / name, score / 1.5, 0.0)
+        (run / "eval" / name / "samples").mkdir()
+        (run / "eval" / name / "samples" / "toy.seed0.jsonl").write_text(json.dumps(
+            {"problem_index": 0, "sample": 0, "prompt": "What is 3 + 4? <b>JSON</b>", "completion": text,
+             "reward": float(score > 0.5), "score": score, "rewards": {"json_shape": score > 0, "json_answer": 0.0},
+             "status": "correct" if score > 0.5 else "wrong"}) + "\n")
+    page = build_report([run], tmp_path / "r.html").read_text()
+    assert "Reward = 1 × json_shape + 0.5 × json_answer" in page and "json_shape 0.100 → 0.900" in page
+    assert "above 0.5" in page and "Math-Verify" not in page
+    side = page[page.index("Samples of toy.seed0"):]
+    assert side.index("<th>base</th>") < side.index("<th>latest</th>")
+    assert side.index("The sum is 7.") < side.index("{&quot;sum&quot;: 7}")  # base first, then steered, escaped
+    assert "&lt;b&gt;JSON&lt;/b&gt;" in side and "reward 1.5" in side and "latest: mean reward 1.500" in side

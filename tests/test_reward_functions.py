@@ -4,6 +4,7 @@ misbehave (in this process and in worker processes), weights, and loading by mod
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from rlsteer.config import ConfigError, RewardFunctionsSection, TrainConfig, loa
 from rlsteer.data import Problem
 from rlsteer.reward_functions import RewardCallError, RewardFunctionError, RewardFunctions, check_rewards
 from rlsteer.rollout import Request, Rollout
-from rlsteer.scorers import FunctionScorer
+from rlsteer.scorers import FunctionScorer, ScorerError, reward_overrides
 from rlsteer.usercode import UserCodeError, load_function, looks_like_function
 from tests import user_rewards
 
@@ -181,3 +182,19 @@ def test_the_config_ties_function_and_kind():
     with pytest.raises(ConfigError, match="reward.function and reward.functions are both set"):
         load_config(TrainConfig, {"reward": {"kind": "python", "function": T + "length",
                                              "functions": [{"function": T + "length"}]}})
+
+
+def test_eval_reward_source_is_a_function_or_a_trained_reward(tmp_path):
+    assert reward_overrides("my_rewards.py:fn") == ["reward.function=my_rewards.py:fn"]
+    functions = [{"function": T + "length", "weight": 0.5, "name": None}, {"function": T + "says_answer",
+                                                                          "weight": 2.0, "name": "gold"}]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"reward": {"kind": "python", "functions": functions,
+                                                            "success_above": 1.0}}))
+    assert reward_overrides(str(run)) == [f"reward.functions={json.dumps(functions)}", "reward.success_above=1.0"]
+    assert reward_overrides("json-cpu")[1] == "reward.success_above=0.5"  # a preset
+    with pytest.raises(ScorerError, match="--reward smoke: its reward.kind is first_token, not python"):
+        reward_overrides("smoke")
+    with pytest.raises(ScorerError, match="a folder without config.yaml"):
+        reward_overrides(str(tmp_path))
