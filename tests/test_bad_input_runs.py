@@ -129,11 +129,11 @@ def test_a_failed_start_is_no_dead_end(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     args = [*TRAIN, f"run.dir={run}"]
 
-    def broken_scorer(*args, **kwargs):  # an error after config.yaml is written
-        raise RlsteerError("the reward could not start")
+    def broken_backend(*args, **kwargs):  # an error after config.yaml is written
+        raise RlsteerError("the rollout engine could not start")
 
-    monkeypatch.setattr(train_module, "make_scorer", broken_scorer)
-    fails(capsys, args, "the reward could not start")
+    monkeypatch.setattr(train_module, "make_backend", broken_backend)
+    fails(capsys, args, "the rollout engine could not start")
     monkeypatch.undo()
     assert (run / "config.yaml").is_file()
     assert main([*args, "rl.seed=1"]) == 0  # the corrected command: no "already holds a run"
@@ -145,11 +145,11 @@ def test_a_failed_start_is_no_dead_end(tmp_path, capsys, monkeypatch):
 def test_a_failed_start_resumed_with_other_settings_starts_again(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
 
-    def broken_scorer(*args, **kwargs):
-        raise RlsteerError("the reward could not start")
+    def broken_backend(*args, **kwargs):
+        raise RlsteerError("the rollout engine could not start")
 
-    monkeypatch.setattr(train_module, "make_scorer", broken_scorer)
-    fails(capsys, [*TRAIN, f"run.dir={run}"], "the reward could not start")
+    monkeypatch.setattr(train_module, "make_backend", broken_backend)
+    fails(capsys, [*TRAIN, f"run.dir={run}"], "the rollout engine could not start")
     monkeypatch.undo()
     assert main([*TRAIN, f"run.dir={run}", "rl.seed=3", "--resume"]) == 0  # not "the config differs"
     assert "rl:\n  steps: 2\n" in (run / "config.yaml").read_text() and "seed: 3" in (run / "config.yaml").read_text()
