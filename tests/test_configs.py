@@ -24,7 +24,7 @@ def test_preset_dry_run_resolves_without_loading_a_model(path, capsys):
 
 @pytest.mark.parametrize("name", EVAL_PROTOCOLS)
 def test_eval_protocols_resolve(name, capsys):
-    assert EVAL_PROTOCOLS == ["gsm8k", "paper", "paper-greedy"]
+    assert EVAL_PROTOCOLS == ["gsm8k", "json-reply", "paper", "paper-32k", "paper-greedy", "paper-greedy-32k"]
     assert main(["eval", "--protocol", name, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# resolved eval config") and "protocol:" in out and "seeds:" in out
