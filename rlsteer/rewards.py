@@ -101,7 +101,7 @@ def extract_answer(completion: str, template: str = DEFAULT_TEMPLATE, extraction
     prefers a boxed answer; this is what it logs).
 
     Example:
-        >>> text = "so \\boxed{4}, i.e. 5"
+        >>> text = "so \\\\boxed{4}, i.e. 5"
         >>> extract_answer(text, "qwen-math"), extract_answer(text, extraction="number")
         ('4', '5')
     """

@@ -7,6 +7,7 @@ which :func:`read_samples` drops.
 Example:
     >>> import tempfile
     >>> path = samples_file(Path(tempfile.mkdtemp()), "gsm8k", 0)
+    >>> path.parent.mkdir()
     >>> append_samples(path, [{"problem_index": 0, "sample": 0, "reward": 1.0}])
     >>> read_samples(path)
     [{'problem_index': 0, 'sample': 0, 'reward': 1.0}]

@@ -143,7 +143,7 @@ def reward_overrides(source: str) -> list[str]:
         >>> reward_overrides("my_rewards.py:fn")
         ['reward.function=my_rewards.py:fn']
         >>> reward_overrides("json-cpu")[1]
-        'reward.success_above=1.5'
+        'reward.success_above=0.5'
     """
     path = Path(source).expanduser()
     if looks_like_function(source) and not path.is_dir():
