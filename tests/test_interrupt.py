@@ -442,7 +442,10 @@ def test_sigterm_during_eval_keeps_whole_samples_and_the_same_command_resumes(tm
                 signal.raise_signal(signal.SIGTERM)
             return self.inner.generate(*a)
 
-    monkeypatch.setattr(ev, "make_backend", lambda *a: SignalledBackend(real(*a)))
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(ev, "make_backend", lambda *a, **k: SignalledBackend(real(*a, **k)))
     out = tmp_path / "cut"
     assert main([*args, f"out={out}"]) == 143
     err = capsys.readouterr().err  # the progress bars, then one line
