@@ -150,9 +150,7 @@ class EvalSession:
             raise EvalError("protocol.answer_field is null, but Math-Verify needs gold answers; name the answer "
                             "column, or score with a reward function (--reward package.module:fn)")
         specs = benchmark_specs(proto.benchmarks)
-        benchmarks = {name: load_problems(spec, data_dir=proto.data_dir, limit=proto.limit,
-                                          problem_field=proto.problem_field, answer_field=proto.answer_field)
-                      for name, spec in specs.items()}
+        benchmarks = load_benchmarks(cfg, specs)
         template = cfg.target.template
         assert template is not None  # filled by resolve_defaults
         prompts = {b: [build_prompt(self.tok, p.problem, template, cfg.target.prefix) for p in ps]
@@ -190,6 +188,13 @@ def _checked_targets(cfg: EvalConfig) -> list[Target]:
         raise EvalError(str(err)) from None
 
 
+def load_benchmarks(cfg: EvalConfig, specs: dict[str, str]) -> dict[str, list[Problem]]:
+    """Every benchmark's problems as the protocol reads them (data folder, limit, problem and answer columns)."""
+    p = cfg.protocol
+    return {name: load_problems(spec, data_dir=p.data_dir, limit=p.limit, problem_field=p.problem_field,
+                                answer_field=p.answer_field) for name, spec in specs.items()}
+
+
 def preflight(cfg: EvalConfig) -> None:
     """Raise the error the evaluation of ``cfg`` would meet, as far as it shows without the model's weights:
     targets, vector files, the template, datasets and limits, and the vectors and patches against the
@@ -199,8 +204,7 @@ def preflight(cfg: EvalConfig) -> None:
     first = files.get(targets[0].vectors) if targets and targets[0].vectors is not None else None
     cfg = resolve_defaults(cfg, targets, first.header if first is not None else None)
     check_template(str(cfg.target.template), "target.template")
-    for spec in benchmark_specs(cfg.protocol.benchmarks).values():
-        load_problems(spec, data_dir=cfg.protocol.data_dir, limit=cfg.protocol.limit)
+    load_benchmarks(cfg, benchmark_specs(cfg.protocol.benchmarks))
     m = cfg.model
     assert m.name is not None  # filled by resolve_defaults
     shape = model_shape(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)

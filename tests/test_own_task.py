@@ -119,7 +119,8 @@ def test_eval_reward_flag_takes_one_function(tmp_path, capsys):
     [sample, _] = read_samples(tmp_path / "e" / "samples" / "task.seed0.jsonl")
     assert sample["score"] == len(sample["completion"]) / 10 and sample["gold"] == "yes"
     fails(capsys, ["eval", "--model", MODEL, "--benchmarks", str(data), "--out", str(tmp_path / "f"),
-                   "--reward", "tests.user_rewards:nope"], "tests.user_rewards has no 'nope'")
+                   "--reward", "tests.user_rewards:nope", "protocol.problem_field=prompt",
+                   "protocol.answer_field=label"], "tests.user_rewards has no 'nope'")
     assert not (tmp_path / "f").exists()
 
 
