@@ -303,7 +303,7 @@ def run_section(run_dir: Path, warn: Warn = _stderr) -> str:
         parts.append("<h3>Training</h3>" + _img(training_figure(metrics), "training curves")
                      + f"<p class='caption'>Reward {first['reward_mean']:+.3f} → {last['reward_mean']:+.3f} and "
                        f"accuracy {first['accuracy']:.2f} → {last['accuracy']:.2f} over {len(metrics)} steps. "
-                       f"{html.escape(reward_note(cfg, first, last))}</p>")
+                       f"{html.escape(reward_note(cfg or {}, first, last))}</p>")
     else:
         parts.append("<p class='missing'>No training metrics (metrics.jsonl) in this directory.</p>")
     files = sorted(run.eval_root.rglob("results.json")) if run.eval_root.is_dir() else []
