@@ -31,7 +31,7 @@ from typing import Any
 from rlsteer.aggregate import PAPER_BENCHMARKS, headline, mean_std, scores
 from rlsteer.config import EvalConfig
 from rlsteer.data import Problem
-from rlsteer.errors import RlsteerError
+from rlsteer.errors import RlsteerError, decode_utf8, first_line
 from rlsteer.interrupt import held
 from rlsteer.io import write_atomically
 from rlsteer.samples import read_samples, samples_file
@@ -163,7 +163,14 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = p / "results.json" if p.is_dir() else p
     if not file.is_file():
         raise ResultsError(f"{path} has no results.json; evaluate it first (rlsteer eval …)")
-    return json.loads(file.read_text())
+    try:
+        results = json.loads(decode_utf8(file.read_bytes(), file))
+        if not isinstance(results, dict) or not isinstance(results.get("benchmarks"), dict):
+            raise ValueError("not an rlsteer results record")
+    except ValueError as err:  # RlsteerError (not UTF-8) and JSON errors alike
+        raise ResultsError(f"{file} is damaged ({first_line(err)}); evaluate again to rewrite it (rlsteer eval with "
+                           "the same settings resumes and writes it anew)") from None
+    return results
 
 
 def compare_table(results: Sequence[dict[str, Any]], metric: str = "avg") -> tuple[str, str]:

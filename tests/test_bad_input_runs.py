@@ -283,6 +283,8 @@ def test_a_broken_protocol_json_is_one_line(tmp_path, capsys):
     fails(capsys, ["eval", *EVAL, "protocol.temperature=0.5", "--out", out], "is damaged")
     (out / "protocol.json").write_text("[]")
     fails(capsys, ["eval", *EVAL, "--out", out], "is damaged (a JSON list, not a record)")
+    (out / "results.json").write_bytes(b'{"target": "base", "bench')
+    fails(capsys, ["eval", "--compare", out], f"{out / 'results.json'} is damaged (Unterminated string")
 
 
 def test_another_protocol_names_the_keys(tmp_path, capsys):
