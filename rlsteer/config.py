@@ -414,7 +414,7 @@ class TargetSection:
 
 @dataclass(frozen=True)
 class ProtocolSection(SamplingSection):
-    """How samples are drawn and scored (docs/semantics.md; presets ``paper``, ``paper-greedy``, ``gsm8k``).
+    """How samples are drawn and scored (docs/semantics.md#evaluation; presets ``paper``, ``paper-greedy``, ``gsm8k``).
 
     Attributes:
         benchmarks: registry names (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k) or

@@ -1,6 +1,6 @@
 """Attention-branch patches: a vector moved to the input of block ℓ, with parts of the block kept vanilla.
 
-Semantics follow the authors' code (docs/semantics.md, circuit patching): with X the vanilla residual
+Semantics follow the authors' code (docs/semantics.md#patching): with X the vanilla residual
 entering block ℓ, U = LN1(X) and U_s = LN1(X + s),
 
 * ``skip_attn``   attention reads U; the residual carries X + s.
