@@ -141,8 +141,8 @@ class RewardFunctionsSection(VerifierSection):
             pass@k) when its total reward is above this.
         timeout_s, workers: where the functions run. ``workers`` 0 (the default for user functions) calls each
             function once per batch in this process, with no timeout; ``workers`` > 0 calls it once per
-            completion in that many worker processes, each call within ``timeout_s`` seconds (a function that
-            hangs then stops the run with an error instead of stalling it).
+            completion in that many worker processes (per function), each call within ``timeout_s`` seconds (a
+            function that hangs then stops the run with an error instead of stalling it).
     """
 
     function: str | None = None

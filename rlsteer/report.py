@@ -386,7 +386,7 @@ def samples_section(evaluations: Sequence[tuple[str, Path]], problems: int = 4, 
         for i in indices:
             row = next(rows[i] for _, rows in columns if i in rows)
             cells = "".join(_sample_cell(rows.get(i), chars) for _, rows in columns)
-            body.append(f"<tr><td class='sample'><pre>{html.escape(_tail(str(row.get('prompt', '')), 240))}</pre>"
+            body.append(f"<tr><td class='sample'><pre>{html.escape(_tail(str(row.get('prompt', '')), 120))}</pre>"
                         f"</td>{cells}</tr>")
         means = []
         for label, rows in columns:
