@@ -59,13 +59,14 @@ def policy_loss(logprob_sums: torch.Tensor, advantages: torch.Tensor, total_toke
 
     Args:
         logprob_sums: [S] per-sequence sums of the generated tokens' log-probs (differentiable).
-        advantages: [S] (no gradient).
+        advantages: [S] (no gradient), on any device: moved to ``logprob_sums``' device and dtype.
         total_tokens: generated tokens in the whole step, across all micro-batches and ranks, so that
             summing this loss over micro-batches gives the step's loss (one optimizer step per round).
     """
     if total_tokens <= 0:
         raise RlsteerError("the step generated no tokens; check max_new_tokens and the prompts' lengths")
-    return -(advantages.detach().to(logprob_sums.dtype) * logprob_sums).sum() / total_tokens
+    # the advantages come from the rewards, on the CPU; the log-probs live on the model's device
+    return -(advantages.detach().to(logprob_sums) * logprob_sums).sum() / total_tokens
 
 
 def token_logprobs(model: nn.Module, sequences: list[tuple[tuple[int, ...], tuple[int, ...]]], *,

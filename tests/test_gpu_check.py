@@ -16,10 +16,12 @@ def test_gpu_check_quick_on_cpu_holds_and_writes_its_results(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = report["checks"]
-    for name in ("zero_vector", "bias_equals", "cache", "shared_prompt", "grads_only"):
+    for name in ("zero_vector", "bias_equals", "cache", "loss_pass", "grads_only"):
         assert checks[f"{name}/float32"]["status"] == checks[f"{name}/bfloat16"]["status"] == "pass"
     assert {checks[k]["status"] for k in ("smoke_training", "eval_and_lens", "one_rank_distributed", "scale")} == {
         "pass"}
+    # the trainer's loss pass ran on the device at least once (it runs only in steps with a non-zero advantage)
+    assert " 0 with a loss pass" not in checks["smoke_training"]["detail"], checks["smoke_training"]["detail"]
     tiny = report["scale"]["tiny"]
     assert tiny["generate"]["tokens_per_s"] > 0 and tiny["rl_step"]["loss_fwd_bwd_s"] > 0
     assert report["scale"]["matmul_tflops_bf16"] > 0

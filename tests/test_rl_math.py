@@ -61,6 +61,15 @@ def test_policy_loss_table_with_truncated_sample():
         policy_loss(sums, adv, 0)
 
 
+def test_policy_loss_moves_cpu_advantages_to_the_log_probs_device():
+    # rl_step keeps the advantages on the CPU while the log-probs live on the model's device (a GPU run with
+    # `.to(dtype)` alone crashed: "Expected all tensors to be on the same device"). The meta device stands in
+    # for a GPU here: mixing it with a CPU tensor raises the same way.
+    sums = torch.zeros(3, device="meta", dtype=torch.bfloat16)
+    loss = policy_loss(sums, torch.tensor([1.0, -0.5, -0.5]), total_tokens=10)
+    assert loss.device.type == "meta" and loss.dtype == torch.bfloat16
+
+
 def test_token_logprobs_match_a_single_sequence_forward(tiny):
     model, tok = tiny("llama")
     seqs = [(tuple(tok.encode("1 + 1 =")), (17, 42, 99)), (tuple(tok.encode("Hello there, friend")), (5,))]
