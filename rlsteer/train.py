@@ -142,6 +142,9 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], world: Wo
         use_optim_config(optimizer, vectors, cfg)  # optim.* may have changed since the checkpoint
         log(f"resuming {run.path} from {ckpt.name}"
             + (f" with {describe_differences(changes)}" if changes else ""))
+        if start >= cfg.rl.steps:
+            log(f"note: the run has {start} finished steps and rl.steps={cfg.rl.steps}: nothing is left to train "
+                f"(the vectors stay those of step {start}); raise rl.steps to go on")
     if world.is_main and run.metrics.is_file():  # drops the steps after the checkpoint (all when there is none)
         for lost in truncate_metrics(run.metrics, start):
             log(lost)

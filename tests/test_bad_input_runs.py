@@ -241,6 +241,15 @@ def test_resume_says_when_there_is_nothing_to_resume(tmp_path, capsys):
     assert f"nothing to resume: {run} holds no run yet; starting a new one" in output(capsys)[0]
 
 
+def test_resume_says_when_rl_steps_is_already_reached(tmp_path, capsys):
+    # a resume with rl.steps at or below the finished steps once stopped without a word
+    run = tmp_path / "run"
+    assert main([*TRAIN, f"run.dir={run}"]) == 0
+    output(capsys)
+    assert main([*TRAIN[:3], f"run.dir={run}", "rl.steps=1", *SMALL, "--resume"]) == 0
+    assert "the run has 2 finished steps and rl.steps=1: nothing is left to train" in output(capsys)[0]
+
+
 # --------------------------------------------------------------------------------- 5. names that escape
 
 
