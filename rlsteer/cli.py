@@ -224,6 +224,12 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
         sweep.run_scale(eval_cfg, Path(args.source), scales, root)
         return 0
     train_cfg = load_config(TrainConfig, args.source, train_items)
+    if train_cfg.reward.kind == "python" and not any(x.startswith("reward.function") for x in args.items):
+        # the vectors are evaluated by the reward functions they were trained on (as `eval --reward RUN`)
+        from rlsteer.scorers import training_reward_overrides
+
+        args.items = [*args.items, *training_reward_overrides(train_cfg.reward)]
+        _, eval_cfg = _eval_config(args)
     if args.mode == "layers":
         if args.layers == "all":
             from transformers import AutoConfig
@@ -508,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = kinds.add_parser("sweep", help="per-layer vectors (Fig. 1), orthogonal series (Fig. 12) or a scale sweep",
                          description="layers/orthogonal: SOURCE is a training config or preset (train overrides go "
-                                     "in KEY=VALUE too); scale: SOURCE is a vector file.")
+                                     "in KEY=VALUE too; one trained with reward functions is evaluated with the "
+                                     "same functions); scale: SOURCE is a vector file.")
     k.add_argument("mode", choices=("layers", "orthogonal", "scale"))
     k.add_argument("source", help="a training config/preset (layers, orthogonal) or a vector file (scale)")
     k.add_argument("items", nargs="*", metavar="KEY=VALUE",

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rlsteer.config import RewardFunctionsSection, TrainConfig, load_config
+from rlsteer.config import RewardFunctionsSection, RewardSection, TrainConfig, load_config
 from rlsteer.data import Problem
 from rlsteer.errors import RlsteerError
 from rlsteer.reward_functions import RewardFunctions
@@ -156,6 +156,12 @@ def reward_overrides(source: str) -> list[str]:
     if reward.kind != "python":
         raise ScorerError(f"--reward {source}: its reward.kind is {reward.kind}, not python; give a config or run "
                           "trained with reward functions, or a function package.module:fn")
+    return training_reward_overrides(reward)
+
+
+def training_reward_overrides(reward: RewardSection) -> list[str]:
+    """Evaluation overrides that score with a training config's reward functions (``reward.kind=python``):
+    the same functions, weights and success threshold."""
     terms = [asdict(f) for f in reward.functions] or [{"function": reward.function, "weight": 1.0, "name": None}]
     return [f"reward.functions={json.dumps(terms)}", f"reward.success_above={reward.success_above!r}"]
 

@@ -85,3 +85,21 @@ def test_scale_zero_is_the_base_model(tmp_path):
     assert completions(out / "eval" / "T1" / "scale-0") == completions(tmp_path / "base")
     assert completions(out / "eval" / "T1" / "scale-1") != completions(tmp_path / "base")
     assert (out / "scale.png").is_file()
+
+
+def test_a_sweep_of_reward_function_runs_evaluates_with_those_functions(tmp_path, monkeypatch):
+    # a sweep once trained with the config's reward functions and evaluated with Math-Verify
+    from rlsteer.analysis import sweep
+
+    seen = {}
+    monkeypatch.setattr(sweep, "run_layer_sweep", lambda train_cfg, eval_cfg, *a, **k: seen.update(cfg=eval_cfg))
+    monkeypatch.setattr(sweep, "run_orthogonal", lambda train_cfg, eval_cfg, *a, **k: seen.update(cfg=eval_cfg))
+    trained = load_config(TrainConfig, "json-cpu").reward
+    for mode in (["layers", "json-cpu", "--layers", "3"], ["orthogonal", "json-cpu", "--layer", "3"]):
+        assert main(["analyze", "sweep", *mode, "--out", str(tmp_path / "s")]) == 0
+        reward = seen.pop("cfg").reward
+        assert [f.function for f in reward.functions] == [f.function for f in trained.functions]
+        assert [f.weight for f in reward.functions] == [f.weight for f in trained.functions]
+        assert reward.success_above == trained.success_above
+    assert main(["analyze", "sweep", "layers", "smoke", "--layers", "3", "--out", str(tmp_path / "m")]) == 0
+    assert seen["cfg"].reward.functions == ()  # a Math-Verify (here first-token) run keeps Math-Verify
