@@ -14,7 +14,8 @@ Correctness (each in fp32 and bf16 on the device):
                    the trainer has them;
   grads_only       the loss's gradients reach the vectors and no model weight;
 Once (fp32): smoke training learns (needs the SmolLM2 tokenizer), ``rlsteer eval`` and ``rlsteer analyze lens``
-with the model on the device, and a 1-rank torchrun (NCCL on CUDA, gloo on CPU) equal to the plain run.
+with the model on the device, ``analyze token-shift / persistence / patching`` and ``rlsteer generate`` there,
+and a 1-rank torchrun (NCCL on CUDA, gloo on CPU) equal to the plain run.
 
 Scale (random weights, bf16; Qwen2.5-Math-1.5B and -7B built from their published shapes, no hub): the matmul
 rate; HF-backend generation tokens/s at batch 64, unsteered and with a resid_post vector on every layer (the
@@ -265,6 +266,37 @@ def check_eval_and_analysis(work: Path, device: str) -> str:
     return "eval and lens ran"
 
 
+def check_analyses(work: Path, device: str) -> str:
+    """Δp, persistence, head patching and side-by-side generation with the model on the device (tiny model)."""
+    smoke_tokenizer_ready()
+    if find_spec("math_verify") is None:
+        raise Skip("math-verify not installed (carry its wheels: math-verify, latex2sympy2_extended, antlr4)")
+    g = torch.Generator().manual_seed(0)
+    vectors = SteeringVectors.from_dict({("resid_post", 2): 4 * torch.randn(64, generator=g)})
+    vectors.metadata.update(model="tiny-random-llama", template="qwen-math")
+    path = str(vectors.save(work / "s2.safetensors"))  # layer 2 of 4: head patching needs the block after it
+    data = work / "sums.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)})
+                            + "\n" for i in range(4)))
+    from rlsteer.models import load_model
+
+    qwen3, tok = load_model("tiny-random-qwen3")  # its untied lm_head has a real <|im_end|> row
+    row = qwen3.lm_head.weight[tok.convert_tokens_to_ids("<|im_end|>")].detach()
+    stop = SteeringVectors.from_dict({("resid_post", 3): 40 * row / row.norm()})  # Δp keeps only completions
+    stop.metadata.update(model="tiny-random-qwen3", template="qwen-math")  # that stop: this one stops at once
+    cli("analyze", "token-shift", str(stop.save(work / "stop.safetensors")), "--dataset", str(data), "--prompts", "4",
+        "--max-new-tokens", "6", "--temperature", "0.05", "--device", device, "--out", str(work / "shift"))
+    cli("analyze", "persistence", path, "--dataset", str(data), "--prompts", "2", "--max-new-tokens", "4",
+        "--device", device, "--out", str(work / "persistence"))
+    cli("analyze", "patching", path, "--benchmarks", str(data), "--seeds", "0", "--out", str(work / "patching"),
+        "protocol.max_new_tokens=3", "protocol.n={sums: 2}", "reward.workers=0", f"model.device={device}")
+    cli("generate", path, "What is 2 + 2?", "--scale", "0", "1", "--max-new-tokens", "4", "--device", device)
+    rows = (work / "patching" / "patching.jsonl").read_text().splitlines()
+    assert len(rows) == 4 + 3 * 4 + 2 * 2, f"{len(rows)} patching rows"  # tiny llama: 4 query heads, 2 KV heads
+    assert (work / "shift" / "summary.json").is_file() and (work / "persistence" / "persistence.jsonl").is_file()
+    return "token-shift, persistence, patching (n=2 per problem), generate ran"
+
+
 def check_one_rank(work: Path, device: str) -> str:
     """``torchrun --nproc-per-node 1 rlsteer train`` = plain ``rlsteer train``, both as processes with one CPU
     thread (CPU float sums depend on the thread count, so an in-process plain run with two threads differs in
@@ -456,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         run_check(checks, "smoke_training", lambda: check_smoke_training(work, device, args.quick))
         run_check(checks, "eval_and_lens", lambda: check_eval_and_analysis(work, device))
+        run_check(checks, "analyses", lambda: check_analyses(work, device))
         run_check(checks, "one_rank_distributed", lambda: check_one_rank(work, device))
     scale_results: dict[str, Any] = {}
     if not args.skip_scale:

@@ -18,7 +18,8 @@ def test_gpu_check_quick_on_cpu_holds_and_writes_its_results(tmp_path):
     checks = report["checks"]
     for name in ("zero_vector", "bias_equals", "cache", "loss_pass", "grads_only"):
         assert checks[f"{name}/float32"]["status"] == checks[f"{name}/bfloat16"]["status"] == "pass"
-    assert {checks[k]["status"] for k in ("smoke_training", "eval_and_lens", "one_rank_distributed", "scale")} == {
+    assert {checks[k]["status"] for k in ("smoke_training", "eval_and_lens", "analyses", "one_rank_distributed",
+                                           "scale")} == {
         "pass"}
     # the trainer's loss pass ran on the device at least once (it runs only in steps with a non-zero advantage)
     assert " 0 with a loss pass" not in checks["smoke_training"]["detail"], checks["smoke_training"]["detail"]
