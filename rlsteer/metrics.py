@@ -165,3 +165,13 @@ def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
                                                             or not isinstance(value, (int, float))):
             return None, f"{key} is {value!r}, not a number"
     return record, ""
+
+
+def format_record(r: dict[str, Any]) -> str:
+    """One training step's metrics record as its log line."""
+    parts = "".join(f"  {k.removeprefix('reward/')} {v:+.3f}" for k, v in r.items() if k.startswith("reward/"))
+    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}{parts}  acc {r['accuracy']:.3f}  "
+            f"len {r['len_mean']:.0f}  trunc {r['truncated']:.2f}  |g| {r['grad_norm']:.3g}  "
+            f"gen {r['time_generate']:.1f}s  rew {r['time_reward']:.1f}s  bwd {r['time_backward']:.1f}s  "
+            f"{r['tokens_per_s']:.0f} tok/s")
+

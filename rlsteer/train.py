@@ -50,12 +50,13 @@ from rlsteer.distributed import (
     init_world,
     on_main,
     sum_gradients,
+    together,
 )
 from rlsteer.errors import RlsteerError
 from rlsteer.identity import model_identity
 from rlsteer.interrupt import Interrupted, held, interruptible
 from rlsteer.io import write_atomically
-from rlsteer.metrics import append_metrics, make_tracker, truncate_metrics
+from rlsteer.metrics import append_metrics, format_record, make_tracker, truncate_metrics
 from rlsteer.models import load_model, model_folder, model_shape
 from rlsteer.packing import micro_batches, packed_attention
 from rlsteer.reward_functions import RewardCallError
@@ -102,8 +103,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         raise
     except RewardCallError as err:  # raised while scoring a step, before anything of it was applied
         command = f"rlsteer train {shlex.quote(str(RunDir(cfg.run.path).config))} --resume"
-        raise RewardCallError(f"{err}; the step was not applied (the run keeps its finished steps): fix the "
-                              f"function, then {command}") from None
+        raise RewardCallError(f"{err}; the step was not applied (the run keeps its finished steps); once fixed: "
+                              f"{command}") from None
     finally:
         close_world(world)
 
@@ -211,7 +212,9 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
                 for i in mine for k in range(n)]
     rollouts = backend.generate(requests, vectors, sampling)  # [b·N], grouped by prompt (b = this rank's groups)
     t1 = time.perf_counter()
-    scored: RewardBatch = scorer.score(rollouts, [problems[i] for i in mine for _ in range(n)])
+    golds = [problems[i] for i in mine for _ in range(n)]  # every rank fails when one rank's reward function does
+    scored: RewardBatch = together(lambda: scorer.score(rollouts, golds), world, RewardCallError,
+                                   lambda r: RewardCallError(f"a reward function failed on rank {r}"))
     rewards = torch.tensor(scored.rewards).view(len(mine), n)  # [b, N]
     truncated = torch.tensor([r.finish_reason == "length" for r in rollouts]).view(len(mine), n)
     t2 = time.perf_counter()
@@ -438,12 +441,3 @@ def check_finite(step: int, record: dict[str, Any], vectors: SteeringVectors, ru
     raise TrainingError(f"step {step} made {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} NaN or inf, so the "
                         f"run stopped without saving it; {kept}; lower optim.lr (or optim.max_grad_norm) and "
                         "rerun with --resume")
-
-
-def format_record(r: dict[str, Any]) -> str:
-    parts = "".join(f"  {k.removeprefix('reward/')} {v:+.3f}" for k, v in r.items() if k.startswith("reward/"))
-    return (f"step {r['step']:>4}  reward {r['reward_mean']:+.3f}{parts}  acc {r['accuracy']:.3f}  "
-            f"len {r['len_mean']:.0f}  trunc {r['truncated']:.2f}  |g| {r['grad_norm']:.3g}  "
-            f"gen {r['time_generate']:.1f}s  rew {r['time_reward']:.1f}s  bwd {r['time_backward']:.1f}s  "
-            f"{r['tokens_per_s']:.0f} tok/s")
-

@@ -63,3 +63,24 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for a, b in zip(m_one, m_two, strict=True):  # global metrics, gathered from both ranks
         assert a["reward_mean"] == b["reward_mean"] and a["len_mean"] == b["len_mean"]
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+
+
+def test_a_reward_function_failing_on_one_rank_stops_every_rank_with_one_line(tmp_path):
+    """Kills: ranks that do not agree on a failed scoring (rank 0 then died in the step's next all-reduce with
+    gloo's "Connection closed by peer" traceback; with NCCL it would wait)."""
+    rewards = tmp_path / "rank_rewards.py"
+    rewards.write_text("import os\n\ndef reward(completions, **_):\n    if os.environ['RANK'] == '1':\n"
+                       "        raise ValueError('boom on rank 1')\n    return [0.0 for _ in completions]\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "rlsteer.cli", "train", str(ROOT / "configs" / "smoke.yaml"), f"run.dir={tmp_path / 'run'}",
+           "reward.kind=python", f"reward.function={rewards}:reward", "rl.steps=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("rlsteer: error:")]
+    assert len(errors) == 2, done.stderr[-3000:]  # one line from each rank, no traceback between them
+    assert any("raised ValueError: boom on rank 1" in e for e in errors)
+    assert any("a reward function failed on rank 1; the step was not applied" in e for e in errors)
+    assert all(f"rlsteer train {tmp_path / 'run' / 'config.yaml'} --resume" in e for e in errors)
+    # (torchrun itself still reports the failed workers with its own traceback)
+    assert "Connection closed by peer" not in done.stderr and "[rank0]: Traceback" not in done.stderr
