@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlsteer-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-vllm demo test test-slow test-vllm test-clients lint clean-venv gpu-check
+.PHONY: install install-vllm demo test test-slow test-vllm test-clients lint clean-venv gpu-check gpu-carry
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +66,12 @@ clean-venv:
 # CPU mode for any machine: make gpu-check ARGS="--device cpu --quick"
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/gpu_check.py $(ARGS)
+
+# What the device machine lacks, prepared here for its `carry`: the SmolLM2 tokenizer (.rlsteer-cache/, 3.4 MB)
+# and Math-Verify's wheels for its Python 3.12 (.whl/, 0.4 MB), both git-ignored. The one call: docs/gpu.md.
+gpu-carry: $(STAMP)
+	RLSTEER_CACHE=.rlsteer-cache $(BIN)/python -c "from rlsteer.models import smollm2_tokenizer; smollm2_tokenizer()"
+	rm -rf .whl && $(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl \
+		$$($(BIN)/python -m pip list --format=freeze | grep -i -E '^(math-verify|latex2sympy2.extended|antlr4-python3-runtime)==')
+	@ls .whl .rlsteer-cache/tokenizers
