@@ -7,6 +7,7 @@ module; it stops when the module ends. Every request loop is bounded in count an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from rlsteer.generate import GenerateConfig, generate  # noqa: E402
 from rlsteer.rollout import HFBackend, Request, SamplingParams  # noqa: E402
 from rlsteer.serve import ServeConfig, ServerThread, build_state  # noqa: E402
 from rlsteer.steering import SteeringVectors  # noqa: E402
+from rlsteer.steering.hooks import steer  # noqa: E402
 from rlsteer.templates import build_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,36 @@ def test_stop_strings_end_the_text_before_them(client):
     assert "".join(c.choices[0].text for c in streamed) == text[:text.find(stop)]
 
 
+def test_echo_and_logprobs_are_the_steered_models_own_log_probs(client, server, vector_file):
+    """What lm-eval's loglikelihood requests send (prompt token ids, echo, logprobs=1, max_tokens=1). Kills: the
+    scoring pass unsteered or at another scale, positions shifted by one, the prompt's first token scored, a
+    temperature applied to log-probs, alternatives that are not the best or not equal to the chosen token's."""
+    url, state = server
+    ids = state.tokenizer.encode("The sum of 12 and 30 is 42", add_special_tokens=False)
+    vectors = SteeringVectors.load(vector_file, state.model)
+    for model, scale, steering in (("steer", 1.0, vectors), ("steer", 0.5, vectors * 0.5), (MODEL, 1.0, None)):
+        extra = {"steering_scale": scale} if model == "steer" else {}
+        out = client.completions.create(model=model, prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1,
+                                        extra_body=extra).choices[0]
+        lp = out.logprobs
+        assert len(lp.tokens) == len(ids) + 1 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        with torch.no_grad(), (steer(state.model, steering) if steering is not None else contextlib.nullcontext()):
+            expected = state.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # [T, vocab]
+        want = [expected[i - 1, ids[i]].item() for i in range(1, len(ids))]
+        assert lp.token_logprobs[1:len(ids)] == pytest.approx(want, abs=1e-4)
+        greedy = int(expected[-1].argmax())  # the generated token is the greedy one, scored exactly as its best
+        assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())
+        assert lp.tokens[-1] == state.tokenizer.decode([greedy])
+        assert all(len(top) == 1 and max(top.values()) >= chosen - 1e-6
+                   for top, chosen in zip(lp.top_logprobs[1:], lp.token_logprobs[1:], strict=True))
+        assert out.text.startswith(state.tokenizer.decode(ids))
+        assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    plain = client.completions.create(model="steer", prompt="The sum of", max_tokens=3, temperature=0, logprobs=3)
+    lp = plain.choices[0].logprobs
+    assert len(lp.tokens) == 3 and None not in lp.token_logprobs and all(len(t) == 3 for t in lp.top_logprobs)
+    assert "".join(lp.tokens) == plain.choices[0].text  # no echo: the completion's tokens only
+
+
 def test_several_prompts_and_choices_come_back_in_order(client, server):
     """lm-eval sends batches of token-id prompts; n asks for several samples of each. Kills: choices shuffled."""
     url, state = server
@@ -184,7 +216,11 @@ BAD = [  # (what, path, body, status, error code or param)
     ("temperature too high", "/completions", {"model": "steer", "prompt": "x", "temperature": 5}, 400, "temperature"),
     ("wrong type", "/completions", {"model": "steer", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
     ("unknown field", "/completions", {"model": "steer", "prompt": "x", "max_tokenz": 3}, 400, "max_tokenz"),
-    ("unsupported logprobs", "/completions", {"model": "steer", "prompt": "x", "logprobs": 1}, 400, "logprobs"),
+    ("streamed logprobs", "/completions", {"model": "steer", "prompt": "x", "logprobs": 1, "stream": True}, 400,
+     "stream"),
+    ("too many logprobs", "/completions", {"model": "steer", "prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ("chat logprobs", "/chat/completions",
+     {"model": "steer", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400, "logprobs"),
     ("token id out of range", "/completions", {"model": "steer", "prompt": [10**9]}, 400, "prompt"),
     ("bad role", "/chat/completions", {"model": "steer", "messages": [{"role": "robot", "content": "x"}]}, 400,
      "messages"),

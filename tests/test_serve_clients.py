@@ -50,6 +50,24 @@ metric_list:
 """
 
 
+CHOICE_TASK = """\
+task: rlsteer_sums_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{problem}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("clients")
@@ -110,3 +128,39 @@ def test_lm_eval_local_chat_completions_gets_the_servers_greedy_answers(served):
                .choices[0].message.content for p, _ in PROBLEMS]
     assert [r["resps"][0][0] for r in records] == answers
     assert any(answers)
+
+
+def test_lm_eval_multiple_choice_scores_with_the_steered_models_log_probs(served):
+    """lm-eval's loglikelihood requests (echo + logprobs over token ids) against the served vector. Kills:
+    log-probs of the unsteered model, of the wrong positions, or a greedy flag that disagrees with them."""
+    from rlsteer.models import load_model
+    from rlsteer.steering.hooks import steer
+
+    url, file, root = served
+    data = root / "choices.jsonl"
+    rows = [{"problem": p, "choices": [a, str(int(a) + 1), "0"], "label": 0} for p, a in PROBLEMS]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = root / "choice-tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "rlsteer_sums_choice.yaml").write_text(CHOICE_TASK.format(data=data))
+    out = root / "out-choice"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
+           f"model=steer,base_url={url}/completions,num_concurrent=4,max_retries=1,timeout=300",
+           "--tasks", "rlsteer_sums_choice", "--include_path", str(tasks), "--output_path", str(out), "--log_samples"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "unused"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = sorted((json.loads(line) for line in sorted(out.rglob("samples_rlsteer_sums_choice_*.jsonl"))[-1]
+                      .read_text().splitlines()), key=lambda r: r["doc_id"])
+    model, tok = load_model(MODEL)
+    vectors = SteeringVectors.load(file, model)
+    for record, row in zip(records, rows, strict=True):
+        context = tok.encode(f"Question: {row['problem']}\nAnswer:", add_special_tokens=False)
+        for (logprob, greedy), choice in zip([r[0] for r in record["resps"]], row["choices"], strict=True):
+            whole = tok.encode(f"Question: {row['problem']}\nAnswer: {choice}", add_special_tokens=False)
+            with torch.no_grad(), steer(model, vectors):
+                logp = model(torch.tensor([whole])).logits[0].float().log_softmax(-1)  # [T, vocab]
+            positions = range(len(context), len(whole))
+            # (the samples log writes them as strings)
+            assert float(logprob) == pytest.approx(sum(logp[t - 1, whole[t]].item() for t in positions), abs=1e-3)
+            assert greedy == str(all(int(logp[t - 1].argmax()) == whole[t] for t in positions))

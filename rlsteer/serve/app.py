@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from rlsteer.serve.catalog import ServedModel
-from rlsteer.serve.engine import Engine, Job, Result, wall_clock
+from rlsteer.serve.engine import Engine, Job, Result, Scores, wall_clock
 from rlsteer.serve.schemas import (
     APIError,
     ChatCompletionRequest,
@@ -103,6 +103,11 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         served = _check(state, body)
+        if (body.logprobs is not None or body.echo) and body.stream:
+            raise APIError(400, "logprobs and echo come with the whole completion, not streamed; set stream to "
+                                "false", param="stream")
+        if body.logprobs is not None and not state.engine.streams:
+            raise APIError(400, "logprobs need the HF backend (rlsteer serve --backend hf)", param="logprobs")
         prompts: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         eos = stop_tokens_for(state.tokenizer, "plain")[0]
         if not body.prompts():
@@ -200,7 +205,7 @@ async def _respond(state: ServerState, request: Request, served: ServedModel,
                 max_tokens=max_tokens if max_tokens is not None else limit - len(ids),
                 temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=seed + k,
                 stop_strings=tuple(body.stop or ()), group=(served.name, body.steering_scale),
-                index=p * body.n + k)
+                logprobs=getattr(body, "logprobs", None), echo=getattr(body, "echo", False), index=p * body.n + k)
             for p, (ids, stops) in enumerate(prompts) for k in range(body.n)]
     events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
     for job in jobs:
@@ -222,7 +227,7 @@ async def _respond(state: ServerState, request: Request, served: ServedModel,
     failed = [r for r in results if r.finish_reason == "error"]
     if failed:
         raise APIError(500, f"generation failed: {failed[0].text}", kind="server_error")
-    choices = [_choice(i, r, chat) for i, r in enumerate(results)]
+    choices = [_choice(i, r, chat, state.tokenizer, jobs[i]) for i, r in enumerate(results)]
     completion_tokens = sum(r.completion_tokens for r in results)
     return JSONResponse({**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
                          "usage": _usage(usage_prompt, completion_tokens)})
@@ -288,11 +293,24 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _choice(index: int, result: Result, chat: bool) -> dict[str, Any]:
+def _choice(index: int, result: Result, chat: bool, tokenizer: Any, job: Job) -> dict[str, Any]:
     if chat:
         return {"index": index, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                 "finish_reason": result.finish_reason}
-    return {"index": index, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
+    prompt = str(tokenizer.decode(list(job.prompt_ids), skip_special_tokens=True)) if job.echo else ""
+    logprobs = _logprobs(result.scores, tokenizer, 0 if job.echo else len(prompt)) if result.scores else None
+    return {"index": index, "text": prompt + result.text, "logprobs": logprobs, "finish_reason": result.finish_reason}
+
+
+def _logprobs(scores: Scores, tokenizer: Any, offset: int) -> dict[str, Any]:
+    """OpenAI's completion ``logprobs``: tokens as text, their log-probs, the best alternatives, text offsets."""
+    def text(token: int) -> str:
+        return str(tokenizer.decode([token]))
+
+    tokens = [text(t) for t in scores.token_ids]
+    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    top = [None if alts is None else {text(t): lp for t, lp in alts} for alts in scores.top]
+    return {"tokens": tokens, "token_logprobs": list(scores.logprobs), "top_logprobs": top, "text_offset": offsets}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -47,6 +47,21 @@ class Result:
     finish_reason: Finish
     completion_tokens: int
     token_ids: tuple[int, ...]
+    scores: Scores | None = None  # log-probs, when the job asked for them
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-token log-probs of a finished job under its steering (OpenAI's completion ``logprobs``).
+
+    ``token_ids`` are the prompt's (with ``echo``) then the completion's; the first prompt token has no
+    log-prob (None) and no alternatives. ``top`` holds up to ``logprobs`` (token id, log-prob) pairs per token,
+    best first; the token's own log-prob is exact where it is the best (lm-eval's greedy check compares them).
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float | None, ...]
+    top: tuple[tuple[tuple[int, float], ...] | None, ...]
 
 
 @dataclass(eq=False)
@@ -69,6 +84,8 @@ class Job:
     top_k: int = -1
     seed: int = 0
     stop_strings: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives per token (0: the token's own only); None: no log-probs
+    echo: bool = False  # the prompt's tokens are scored too
     group: Hashable = None
     index: int = 0
     id: int = field(default_factory=lambda: next(_ids))
@@ -107,6 +124,7 @@ class Engine:
         self.batches: deque[int] = deque(maxlen=10_000)  # sizes of the batches decoded, for tests and stats
         self.finished: deque[tuple[int, Finish, int]] = deque(maxlen=10_000)  # (job id, finish, tokens)
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._scoring: list[Job] = []  # finished jobs whose log-probs are computed once their batch is done
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="rlsteer-engine", daemon=True)
         self._thread.start()
@@ -181,13 +199,26 @@ class Engine:
                             break
         except Exception as err:  # a backend failure ends its jobs with an error; the engine keeps serving
             for job in live:
-                if job.result is None:
+                if job.result is None or job in self._scoring:
                     self._send(job, "error", f"{type(err).__name__}: {err}")
                     self._end(job, "error")
+            self._scoring.clear()
             return
         for job in live:
             if job.result is None:  # the backend ended it: a stop token or the length budget
                 self._end(job, "stop" if job.tokens and job.tokens[-1] in job.stop_ids else "length")
+        self._score_finished()
+
+    def _score_finished(self) -> None:
+        """Log-probs of the jobs that asked for them, after their batch (its steering hooks are gone by now)."""
+        pending, self._scoring = self._scoring, []
+        for job in pending:
+            assert job.result is not None
+            try:
+                job.result.scores = score_tokens(self.backend.model, job.steering, job)
+            except Exception as err:  # reported like a failed generation
+                self._send(job, "error", f"{type(err).__name__}: {err}")
+            self._send(job, "end", job.result)
 
     def _on_token(self, job: Job, token: int) -> Literal["stop", "length"] | None:
         """Record a sampled token, send the text that is certain, and say whether the job is over."""
@@ -233,12 +264,37 @@ class Engine:
             job._sent = len(text)
         job.result = Result(text, finish, len(job.tokens), tuple(job.tokens))
         self.finished.append((job.id, finish, len(job.tokens)))
+        if job.logprobs is not None and finish in ("stop", "length"):
+            self._scoring.append(job)  # sent by _score_finished
+            return
         self._send(job, "end", job.result)
 
     def _send(self, job: Job, kind: str, value: Any) -> None:
         if job._loop is not None and job._events is not None and not job._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (server shutting down)
                 job._loop.call_soon_threadsafe(job._events.put_nowait, (job.index, kind, value))
+
+
+def score_tokens(model: Any, steering: Any, job: Job) -> Scores:
+    """One teacher-forced pass over the job's prompt and completion under ``steering``: each token's log-prob
+    under the model (temperature 1, no top-p/top-k: the model's own distribution) and its best alternatives."""
+    import torch
+
+    from rlsteer.steering.hooks import steer
+
+    completion = job.tokens[:-1] if job.tokens and job.tokens[-1] in job.stop_ids else job.tokens
+    ids = [*job.prompt_ids, *completion]
+    first = 1 if job.echo else len(job.prompt_ids)  # the first scored position
+    device = next(model.parameters()).device
+    with torch.no_grad(), steer(model, steering) if steering is not None else contextlib.nullcontext():
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, first - 1:-1]  # [T, vocab]
+    logp = logits.float().log_softmax(-1)  # [T, vocab]
+    chosen = logp.gather(-1, torch.tensor(ids[first:], device=device)[:, None])[:, 0].tolist()  # [T]
+    k = job.logprobs or 0
+    values, indices = logp.topk(max(k, 1), dim=-1)  # [T, k]
+    top = [tuple(zip(i[:k], v[:k], strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+    lead: tuple[None, ...] = (None,) if job.echo else ()
+    return Scores(tuple(ids[first - len(lead):]), (*lead, *chosen), (*lead, *top))
 
 
 def _groups(jobs: list[Job], size: int) -> list[list[Job]]:

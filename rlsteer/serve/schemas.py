@@ -2,7 +2,7 @@
 
 Fields follow the OpenAI reference. Two extra body fields, as vLLM has them: ``top_k`` and
 ``steering_scale`` (a multiplier on the served model's vectors, 1 by default; the openai client sends it
-with ``extra_body={"steering_scale": 2.0}``). Features rlsteer does not implement (log-probs, echo,
+with ``extra_body={"steering_scale": 2.0}``). Features rlsteer does not implement (chat log-probs,
 penalties, logit bias, tools) are refused with a 400 naming the field rather than silently ignored; an
 unknown field is refused as OpenAI refuses it.
 
@@ -87,7 +87,7 @@ class CompletionRequest(_Sampling):
 
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = 16
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -102,10 +102,6 @@ class CompletionRequest(_Sampling):
 
     def unsupported(self) -> list[str]:
         bad = super().unsupported()
-        if self.logprobs is not None:
-            bad.append("logprobs")
-        if self.echo:
-            bad.append("echo")
         if self.best_of not in (None, 1):
             bad.append("best_of")
         if self.suffix:
