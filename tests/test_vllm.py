@@ -247,6 +247,7 @@ def test_rlsteer_serve_on_vllm_answers_like_the_hf_backend(tmp_path):
                   for model in ("steer", MODEL) for q in QUESTIONS]
         served = [httpx.post(f"{url}/completions", json=b, timeout=300).json() for b in bodies]
         stream = httpx.post(f"{url}/completions", json={**bodies[0], "stream": True}, timeout=300).text
+        refused = httpx.post(f"{url}/completions", json={**bodies[0], "logprobs": 1}, timeout=300)
         sampled = [{"model": "steer", "prompt": q, "max_tokens": 8, "temperature": 1.0, "seed": 7 + i}
                    for i, q in enumerate(QUESTIONS * 2)]
 
@@ -267,3 +268,5 @@ def test_rlsteer_serve_on_vllm_answers_like_the_hf_backend(tmp_path):
     chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["text"] for c in chunks) == served[0]["choices"][0]["text"]
     assert concurrent == alone
+    # log-probs come from a teacher-forced pass through the HF model, which the vLLM backend does not hold
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
