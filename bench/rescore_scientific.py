@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from rlsteer.rewards import extract_answer, math_reward
+from rlsteer.rewards import extract_answer, math_reward, normalise_gold
 from rlsteer.samples import read_samples
-
-E_NOTATION = re.compile(r"\d[eE][+-]?\d")
 
 
 def rescore(folder: Path, benchmark: str) -> dict[str, object]:
@@ -52,7 +49,7 @@ def rescore(folder: Path, benchmark: str) -> dict[str, object]:
     golds = {r["problem_id"]: str(r["gold"]) for r in rows}
     return {"evaluation": str(folder), "file": files[0].name, "template": template, "extraction": extraction,
             "samples": n, "problems": len(golds),
-            "e_notation_golds": sum(bool(E_NOTATION.search(g)) for g in golds.values()),
+            "e_notation_golds": sum(normalise_gold(g) != g for g in golds.values()),  # what the option rewrites
             "accuracy_as_written": scores[False] / max(n, 1), "accuracy_normalized": scores[True] / max(n, 1),
             "changed": changed}
 

@@ -212,8 +212,8 @@ def rl_step(step: int, prompts: Sequence[Prompt], problems: Sequence[Problem], m
                 for i in mine for k in range(n)]
     rollouts = backend.generate(requests, vectors, sampling)  # [b·N], grouped by prompt (b = this rank's groups)
     t1 = time.perf_counter()
-    golds = [problems[i] for i in mine for _ in range(n)]  # every rank fails when one rank's reward function does
-    scored: RewardBatch = together(lambda: scorer.score(rollouts, golds), world, RewardCallError,
+    per_sample = [problems[i] for i in mine for _ in range(n)]  # all ranks fail if one rank's reward function does
+    scored: RewardBatch = together(lambda: scorer.score(rollouts, per_sample), world, RewardCallError,
                                    lambda r: RewardCallError(f"a reward function failed on rank {r}"))
     rewards = torch.tensor(scored.rewards).view(len(mine), n)  # [b, N]
     truncated = torch.tensor([r.finish_reason == "length" for r in rollouts]).view(len(mine), n)

@@ -21,6 +21,16 @@ from rlsteer.steering import SteeringVectors, steer
 from rlsteer.templates import build_prompt
 
 
+def reference_shift(model, vectors, ids, start):
+    """Δp by hand: steered minus base next-token probabilities from `start` on, each one plain forward."""
+    x = torch.tensor([list(ids)])
+    with torch.no_grad():
+        with steer(model, vectors):
+            p_s = torch.softmax(model(x).logits[0, start:], -1)
+        p_b = torch.softmax(model(x).logits[0, start:], -1)
+    return p_s - p_b  # [T - start, vocab]
+
+
 def test_dp_sums_to_zero_at_every_position():
     g = torch.Generator().manual_seed(0)
     out = position_shifts(torch.randn(7, 50, generator=g), torch.randn(7, 50, generator=g))
@@ -39,14 +49,10 @@ def test_zero_vector_shifts_nothing_and_chunks_equal_the_full_model(tiny):
     vectors = SteeringVectors.from_dict({("resid_post", 2): 3 * torch.randn(64, generator=g)})
     every = list(range(model.config.vocab_size))
     out = sequence_shifts(model, vectors, ids, start, chunk=3, track=every)  # chunks of 3 positions
-    x = torch.tensor([list(ids)])
-    with torch.no_grad():
-        with steer(model, vectors):
-            p_s = torch.softmax(model(x).logits[0, start:], -1)
-        p_b = torch.softmax(model(x).logits[0, start:], -1)
-    torch.testing.assert_close(out["tracked"], p_s - p_b, atol=1e-6, rtol=0)
+    shift = reference_shift(model, vectors, ids, start)
+    torch.testing.assert_close(out["tracked"], shift, atol=1e-6, rtol=0)
     assert torch.allclose(out["tracked"].sum(-1), torch.zeros(4), atol=1e-5)
-    assert out["dst"].tolist() == (p_s - p_b).argmax(-1).tolist()
+    assert out["dst"].tolist() == shift.argmax(-1).tolist()
 
 
 def test_sequences_teacher_forced_together_equal_each_alone(tiny):
@@ -60,13 +66,9 @@ def test_sequences_teacher_forced_together_equal_each_alone(tiny):
     every = list(range(model.config.vocab_size))
     together = batch_shifts(model, vectors, items, track=every, max_tokens=len(items[0][0]) + len(items[1][0]))
     for (ids, start), out in zip(items, together, strict=True):
-        x = torch.tensor([list(ids)])
-        with torch.no_grad():
-            with steer(model, vectors):
-                p_s = torch.softmax(model(x).logits[0, start:], -1)
-            p_b = torch.softmax(model(x).logits[0, start:], -1)
-        torch.testing.assert_close(out["tracked"], p_s - p_b, atol=1e-6, rtol=0)
-        assert out["dst"].tolist() == (p_s - p_b).argmax(-1).tolist()
+        shift = reference_shift(model, vectors, ids, start)
+        torch.testing.assert_close(out["tracked"], shift, atol=1e-6, rtol=0)
+        assert out["dst"].tolist() == shift.argmax(-1).tolist()
 
 
 def stop_vector(model, tok, scale: float = 40.0) -> SteeringVectors:

@@ -4,7 +4,6 @@ no partial output left behind; the same error from the Python API."""
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import pickle
@@ -23,8 +22,6 @@ from rlsteer.distributed import DistributedError, World
 from rlsteer.errors import OutputError, RlsteerError
 from rlsteer.metrics import read_metrics
 from rlsteer.models import ModelLoadError
-from rlsteer.rewards import RewardPool
-from rlsteer.samples import read_samples
 from rlsteer.steering import Entry, SiteError, VectorFileError, patch
 from rlsteer.steering.vectors import read_vector_file
 
@@ -225,24 +222,6 @@ def test_rows_without_problem_or_answer_and_empty_datasets(tmp_path, capsys):
     with pytest.raises(DataError, match="has no problems after limit=0"):
         load_problems("synthetic-arithmetic:n=3", limit=0)
     assert files(tmp_path) == ["data/bad.jsonl", "data/empty.jsonl"]
-
-
-# --------------------------------------------------------------------------------- a hung verifier
-
-
-def test_a_hung_verifier_times_out_and_the_run_continues(tmp_path, capsys, monkeypatch):
-    data = tmp_path / "hang.jsonl"
-    data.write_text('{"problem": "What is 1 + 1?", "answer": "HANG"}\n{"problem": "What is 2 + 2?", "answer": "4"}\n')
-    monkeypatch.setattr(evaluate_module, "RewardPool",
-                        functools.partial(RewardPool, verify="tests.slow_verifier:verify_or_hang"))
-    out = tmp_path / "eval"
-    code = main(["eval", "--model", MODEL, "--benchmarks", str(data), "protocol.max_new_tokens=2",
-                 "reward.workers=1", "reward.timeout_s=0.5", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    samples = read_samples(out / "samples" / "hang.seed0.jsonl")
-    assert sorted(s["status"] == "timeout" for s in samples) == [False, True]
-    assert next(s for s in samples if s["status"] == "timeout")["gold"] == "HANG"
-    assert json.loads((out / "results.json").read_text())["benchmarks"]["hang"]["problems"] == 2
 
 
 # --------------------------------------------------------------------------------- NaN in training

@@ -427,7 +427,7 @@ def test_vector_files_keep_their_bytes_and_evaluations_their_identity(tmp_path, 
 # ---------------------------------------------------------------------------------------------- 10. totals
 
 
-def test_results_count_timeouts_parse_failures_and_missing_answers(tmp_path, capsys, monkeypatch):
+def test_a_hung_verifier_times_out_the_run_continues_and_the_results_count_it(tmp_path, capsys, monkeypatch):
     data = tmp_path / "hang.jsonl"
     data.write_text('{"problem": "What is 1 + 1?", "answer": "HANG"}\n{"problem": "What is 2 + 2?", "answer": "4"}\n')
     monkeypatch.setattr(evaluate_module, "RewardPool",
@@ -435,9 +435,11 @@ def test_results_count_timeouts_parse_failures_and_missing_answers(tmp_path, cap
     out = tmp_path / "eval"
     assert main(["eval", "--model", MODEL, "--benchmarks", str(data), "protocol.max_new_tokens=2",
                  "reward.workers=1", "reward.timeout_s=0.5", "--out", str(out)]) == 0
-    statuses = sorted(s["status"] for s in read_samples(out / "samples" / "hang.seed0.jsonl"))
-    assert statuses == ["no_answer", "timeout"]  # the random model never boxes an answer
+    samples = read_samples(out / "samples" / "hang.seed0.jsonl")
+    assert sorted(s["status"] for s in samples) == ["no_answer", "timeout"]  # the random model never boxes
+    assert next(s for s in samples if s["status"] == "timeout")["gold"] == "HANG"
     result = json.loads((out / "results.json").read_text())["benchmarks"]["hang"]
+    assert result["problems"] == 2
     assert (result["verifier_timeouts"], result["parse_failures"], result["missing_answers"]) == (1, 0, 1)
     assert "hang: 1 verifier timeouts, 1 missing answers (over all seeds; each counts as wrong)" in \
         (out / "results.md").read_text()

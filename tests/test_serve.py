@@ -170,6 +170,46 @@ def test_echo_and_logprobs_are_the_steered_models_own_log_probs(client, server, 
     assert "".join(lp.tokens) == plain.choices[0].text  # no echo: the completion's tokens only
 
 
+def test_a_backend_failure_still_answers_a_job_that_waited_for_its_log_probs():
+    """A job that ended (and waits for its log-probs) before the backend failed on the rest of its batch gets an
+    error and its end, rather than a client waiting forever."""
+    from rlsteer.models import load_model
+    from rlsteer.serve.engine import Engine, Job
+
+    model, tok = load_model(MODEL)
+
+    class FailsMidBatch(HFBackend):
+        def generate(self, requests, vectors, sampling, on_token=None):
+            calls = iter(range(10**6))
+
+            def token(i, t):
+                if next(calls) >= 3:  # step 1: both rows (the short job ends); step 2: row 1; then a failure
+                    raise RuntimeError("device lost")
+                return on_token(i, t)
+            return super().generate(requests, vectors, sampling, on_token=token)
+
+    engine = Engine(FailsMidBatch(model, tok, progress=False), tok)
+    ids = tuple(tok.encode("1 + 1 ="))
+    jobs = [Job(steering=None, prompt_ids=ids, stop_ids=(), max_tokens=1, temperature=0.0, logprobs=1, index=0),
+            Job(steering=None, prompt_ids=ids, stop_ids=(), max_tokens=8, temperature=0.0, index=1)]
+
+    async def answers():
+        events = asyncio.Queue()
+        for job in jobs:
+            engine.submit(job, events)
+        seen = []
+        while sum(kind == "end" for _, kind, _ in seen) < len(jobs):
+            seen.append(await asyncio.wait_for(events.get(), 60))
+        return seen
+
+    try:
+        seen = asyncio.run(answers())
+    finally:
+        engine.close()
+    assert {(index, kind) for index, kind, _ in seen} >= {(0, "error"), (0, "end"), (1, "error"), (1, "end")}
+    assert engine.batches[-1] == 2  # the two jobs shared the failing batch
+
+
 def test_several_prompts_and_choices_come_back_in_order(client, server):
     """lm-eval sends batches of token-id prompts; n asks for several samples of each. Kills: choices shuffled."""
     url, state = server

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 import uuid
@@ -308,7 +309,7 @@ def _logprobs(scores: Scores, tokenizer: Any, offset: int) -> dict[str, Any]:
         return str(tokenizer.decode([token]))
 
     tokens = [text(t) for t in scores.token_ids]
-    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))
     top = [None if alts is None else {text(t): lp for t, lp in alts} for alts in scores.top]
     return {"tokens": tokens, "token_logprobs": list(scores.logprobs), "top_logprobs": top, "text_offset": offsets}
 

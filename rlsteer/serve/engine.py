@@ -198,10 +198,14 @@ class Engine:
                         if self._on_token(job, token) is not None:
                             break
         except Exception as err:  # a backend failure ends its jobs with an error; the engine keeps serving
+            message = f"{type(err).__name__}: {err}"
             for job in live:
-                if job.result is None or job in self._scoring:
-                    self._send(job, "error", f"{type(err).__name__}: {err}")
+                if job.result is None:
+                    self._send(job, "error", message)
                     self._end(job, "error")
+                elif job in self._scoring:  # ended before the failure, its log-probs never computed
+                    self._send(job, "error", message)
+                    self._send(job, "end", job.result)
             self._scoring.clear()
             return
         for job in live:
